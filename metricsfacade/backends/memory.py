@@ -1,0 +1,74 @@
+"""In-memory backend: keeps every value (and every observation) for tests to read back."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import attrs
+
+from metricsfacade.backends.store import (
+    CounterCell,
+    GaugeCell,
+    HistogramCell,
+    HistogramReading,
+    SeriesStore,
+    StoreBackend,
+)
+from metricsfacade.config import MetricsConfig
+from metricsfacade.spec import Kind
+
+
+@attrs.frozen
+class Record:
+    """One series as the memory backend holds it."""
+
+    name: str
+    kind: Kind
+    labels: dict[str, str]
+    #: counter or gauge value; None for histograms and timers
+    value: float | None = None
+    histogram: HistogramReading | None = None
+
+    def __str__(self) -> str:
+        labels = ",".join(f'{key}="{value}"' for key, value in self.labels.items())
+        series = f"{self.kind.value} {self.name}{{{labels}}}"
+        if self.histogram is not None:
+            reading = self.histogram
+            return (
+                f"{series} count={reading.count} sum={reading.sum:g} values={list(reading.values)}"
+            )
+        return f"{series} = {self.value:g}"
+
+
+class MemoryBackend(StoreBackend):
+    name = "memory"
+
+    def __init__(self) -> None:
+        super().__init__(SeriesStore(keep_values=True))
+
+    @classmethod
+    def from_config(cls, config: MetricsConfig) -> MemoryBackend:
+        return cls()
+
+    def records(self, name: str | None = None) -> list[Record]:
+        """Every series (of metric ``name``, if given), in declaration and creation order."""
+        records = []
+        for stored in self.store.metrics():
+            spec = stored.spec
+            if name is not None and name not in (spec.name, spec.key):
+                continue
+            for label_values, cell in self.store.snapshot(stored):
+                labels = dict(zip(spec.label_names, label_values, strict=True))
+                if isinstance(cell, (CounterCell, GaugeCell)):
+                    records.append(Record(spec.name, spec.kind, labels, value=cell.read()))
+                elif isinstance(cell, HistogramCell):
+                    records.append(Record(spec.name, spec.kind, labels, histogram=cell.read()))
+        return records
+
+    def value(self, name: str, labels: Mapping[str, str] | None = None) -> float:
+        """A counter's or gauge's value for exactly these labels (none: the unlabeled series)."""
+        wanted = dict(labels or {})
+        for record in self.records(name):
+            if record.labels == wanted and record.value is not None:
+                return record.value
+        raise KeyError(f"no counter or gauge series {name}{wanted}")

@@ -1,0 +1,94 @@
+"""Prometheus backend: series in this process, exposed through prometheus-client at scrape time.
+
+Values live in our own cells (see ``store``) rather than prometheus-client metric objects: the
+record path stays ours (validated, lock-cheap, bisect for buckets) and a custom collector turns
+the cells into metric families when scraped. prometheus-client still does the exposition
+formats, so the output is exactly what Prometheus and OpenMetrics parsers expect.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any, cast
+
+from prometheus_client import REGISTRY, CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.utils import floatToGoString
+
+from metricsfacade.backends.store import (
+    CounterCell,
+    GaugeCell,
+    HistogramCell,
+    SeriesStore,
+    StoreBackend,
+)
+from metricsfacade.config import MetricsConfig
+from metricsfacade.spec import Kind
+
+#: Formats a bucket bound the way Prometheus does ("0.005", "1e+06", "+Inf").
+_format_bound = cast(Callable[[float], str], floatToGoString)
+
+
+class StoreCollector:
+    """A prometheus-client collector reading a SeriesStore; common labels come first."""
+
+    def __init__(self, store: SeriesStore, common_labels: dict[str, str]) -> None:
+        self._store = store
+        self._common_names = tuple(common_labels)
+        self._common_values = tuple(common_labels.values())
+
+    def describe(self) -> list[Metric]:
+        """Empty on purpose: metrics are declared over time, so the registry must not cache
+        names at registration (it would also call collect() to find them)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        for stored in self._store.metrics():
+            spec = stored.spec
+            names = (*self._common_names, *spec.label_names)
+            family: Any
+            if spec.kind is Kind.COUNTER:
+                family = CounterMetricFamily(spec.name, spec.help, labels=names)
+            elif spec.kind is Kind.GAUGE:
+                family = GaugeMetricFamily(spec.name, spec.help, labels=names)
+            else:
+                family = HistogramMetricFamily(spec.name, spec.help, labels=names)
+            for label_values, cell in self._store.snapshot(stored):
+                values = (*self._common_values, *label_values)
+                if isinstance(cell, (CounterCell, GaugeCell)):
+                    family.add_metric(values, cell.read())
+                elif isinstance(cell, HistogramCell):
+                    reading = cell.read()
+                    buckets = [(_format_bound(le), n) for le, n in reading.cumulative()]
+                    family.add_metric(values, buckets, reading.sum)
+            yield family
+
+
+class PrometheusBackend(StoreBackend):
+    name = "prometheus"
+
+    def __init__(self, common_labels: dict[str, str], use_global_registry: bool = False) -> None:
+        super().__init__(SeriesStore())
+        self._collector = StoreCollector(self.store, common_labels)
+        self.registry: CollectorRegistry = (
+            REGISTRY if use_global_registry else CollectorRegistry(auto_describe=False)
+        )
+        self.registry.register(self._collector)
+
+    @classmethod
+    def from_config(cls, config: MetricsConfig) -> PrometheusBackend:
+        return cls(dict(config.common_labels), config.prometheus.registry == "global")
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The exposition in the format the Accept header asks for (text or OpenMetrics)."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def close(self) -> None:
+        self.registry.unregister(self._collector)

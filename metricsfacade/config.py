@@ -1,0 +1,327 @@
+"""``MetricsConfig`` and its loading from a dict, a TOML file and ``METRICSFACADE_*`` variables.
+
+Every setting is parsed by one small function that knows its type, so a wrong value or an
+unknown key fails with the key's dotted name and where it came from (a file, a dict, or an
+environment variable). Environment variables override whatever the source said.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Union
+
+import attrs
+
+from metricsfacade.errors import ConfigError, DeclarationError
+from metricsfacade.spec import DEFAULT_BUCKETS, LABEL_NAME_RE, validate_buckets
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ENV_PREFIX = "METRICSFACADE_"
+#: Backends metricsfacade knows; each one's library is imported only when it is configured.
+KNOWN_BACKENDS = ("prometheus", "memory")
+
+
+class _Invalid(ValueError):
+    """A value failed to parse; the loader adds the key and the origin."""
+
+
+Parser = Callable[[object], Any]
+
+
+def _setting(default: Any, parse: Parser, env: Parser | None = None) -> Any:
+    """An attrs field that knows how to parse itself from TOML/dict values and from env text."""
+    return attrs.field(default=default, metadata={"parse": parse, "env": env or parse})
+
+
+def _bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise _Invalid(f"expected true or false, got {value!r}")
+
+
+def _bool_env(value: object) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise _Invalid(f"expected true or false, got {value!r}")
+
+
+def _int(value: object, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+        raise _Invalid(f"expected an integer {bounds}, got {value!r}")
+    return value
+
+
+def _int_text(value: object) -> int:
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise _Invalid(f"expected an integer, got {value!r}") from None
+
+
+def _port(value: object) -> int | None:
+    """A TCP port; 0 picks a free one; None (or "off" in TOML and env) serves no endpoint."""
+    if value is None or value == "off":
+        return None
+    return _int(value, 0, 65535)
+
+
+def _port_env(value: object) -> int | None:
+    return None if str(value).strip() == "off" else _port(_int_text(value))
+
+
+def _positive_float(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(f"expected a number, got {value!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise _Invalid(f"expected a positive number, got {value!r}")
+    return float(value)
+
+
+def _positive_float_env(value: object) -> float:
+    try:
+        return _positive_float(float(str(value)))
+    except ValueError:
+        raise _Invalid(f"expected a number, got {value!r}") from None
+
+
+def _str(value: object) -> str:
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {value!r}")
+    return value
+
+
+def _optional_str(value: object) -> str | None:
+    return None if value is None else _str(value)
+
+
+def _str_list(value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of strings, got {value!r}")
+    return tuple(_str(item) for item in value)
+
+
+def _comma_list(value: object) -> tuple[str, ...]:
+    return tuple(part.strip() for part in str(value).split(",") if part.strip())
+
+
+def _buckets(value: object) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of numbers, got {value!r}")
+    try:
+        return validate_buckets("histogram_buckets", value)
+    except DeclarationError as exc:
+        raise _Invalid(str(exc).replace("metric 'histogram_buckets': ", "")) from None
+
+
+def _buckets_env(value: object) -> tuple[float, ...] | None:
+    try:
+        return _buckets([float(part) for part in _comma_list(value)])
+    except ValueError:
+        raise _Invalid(f"expected comma-separated numbers, got {value!r}") from None
+
+
+def _labels(value: object) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a table of label names to string values, got {value!r}")
+    labels: dict[str, str] = {}
+    for name, label_value in value.items():
+        if not isinstance(name, str) or not LABEL_NAME_RE.match(name) or name.startswith("__"):
+            raise _Invalid(f"invalid label name {name!r}")
+        labels[name] = _str(label_value)
+    return labels
+
+
+def _labels_env(value: object) -> dict[str, str]:
+    pairs = {}
+    for part in _comma_list(value):
+        name, sep, label_value = part.partition("=")
+        if not sep:
+            raise _Invalid(f"expected name=value pairs separated by commas, got {value!r}")
+        pairs[name.strip()] = label_value.strip()
+    return _labels(pairs)
+
+
+def _registry(value: object) -> str:
+    text = _str(value)
+    if text not in ("own", "global"):
+        raise _Invalid(f"expected 'own' or 'global', got {value!r}")
+    return text
+
+
+@attrs.frozen
+class PrometheusSettings:
+    """The ``[prometheus]`` table."""
+
+    #: "own": a private CollectorRegistry (no clash with the host's metrics or process_*);
+    #: "global": prometheus-client's default REGISTRY, so /metrics also serves the host's.
+    registry: str = _setting("own", _registry)
+
+
+#: Per-backend tables: the attribute of MetricsConfig and the attrs class that parses it.
+BACKEND_TABLES: dict[str, type[Any]] = {"prometheus": PrometheusSettings}
+
+
+@attrs.frozen
+class MetricsConfig:
+    """All settings, with the brief's defaults. Build with :func:`load_config` for validation."""
+
+    enabled: bool = _setting(True, _bool, _bool_env)
+    port: int | None = _setting(9090, _port, _port_env)
+    bind: str = _setting("127.0.0.1", _str)
+    path: str = _setting("/metrics", _str)
+    collection_interval_secs: float = _setting(10.0, _positive_float, _positive_float_env)
+    histogram_buckets: tuple[float, ...] | None = _setting(None, _buckets, _buckets_env)
+    cardinality_limit: int = _setting(10_000, lambda v: _int(v, 1), lambda v: _int(_int_text(v), 1))
+    backends: tuple[str, ...] = _setting(("prometheus",), _str_list, _comma_list)
+    common_labels: dict[str, str] = _setting(attrs.Factory(dict), _labels, _labels_env)  # noqa: RUF009
+    strict: bool = _setting(False, _bool, _bool_env)
+    readiness_timeout_secs: float = _setting(2.0, _positive_float, _positive_float_env)
+    tls_cert: str | None = _setting(None, _optional_str)
+    tls_key: str | None = _setting(None, _optional_str)
+    auth_username: str | None = _setting(None, _optional_str)
+    auth_password: str | None = _setting(None, _optional_str)
+    prometheus: PrometheusSettings = attrs.field(factory=PrometheusSettings)
+
+    @property
+    def default_buckets(self) -> tuple[float, ...]:
+        return self.histogram_buckets or DEFAULT_BUCKETS
+
+
+ConfigSource = Union[MetricsConfig, Mapping[str, Any], str, "os.PathLike[str]", None]
+
+
+def load_config(
+    source: ConfigSource = None, *, environ: Mapping[str, str] | None = None
+) -> MetricsConfig:
+    """Build a validated config from a dict, a MetricsConfig, a TOML path or nothing (defaults).
+
+    ``METRICSFACADE_*`` variables from ``environ`` (default: ``os.environ``) override the
+    source; pass ``environ={}`` to ignore the environment.
+    """
+    environ = os.environ if environ is None else environ
+    if isinstance(source, MetricsConfig):
+        values, origin, prefix = attrs.asdict(source, recurse=True), "MetricsConfig", ""
+    elif isinstance(source, Mapping):
+        values, origin, prefix = dict(source), "config dict", ""
+    elif source is None:
+        values, origin, prefix = {}, "defaults", ""
+    else:
+        values, origin, prefix = _read_toml(Path(source))
+    config = _build(MetricsConfig, values, origin, prefix)
+    config = _apply_env(config, environ)
+    _check_consistency(config)
+    return config
+
+
+def _read_toml(path: Path) -> tuple[dict[str, Any], str, str]:
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    table = document.get("metrics")
+    if isinstance(table, dict):
+        return table, str(path), "metrics."
+    return document, str(path), ""
+
+
+def _build(cls: type[Any], values: Mapping[str, Any], origin: str, prefix: str) -> Any:
+    fields = {field.name: field for field in attrs.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, raw in values.items():
+        field = fields.get(key)
+        if field is None:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{origin}: unknown key {prefix}{key!r} (known keys: {known})")
+        table = BACKEND_TABLES.get(key)
+        if table is not None:
+            if not isinstance(raw, Mapping):
+                raise ConfigError(f"{origin}: {prefix}{key}: expected a table, got {raw!r}")
+            kwargs[key] = _build(table, raw, origin, f"{prefix}{key}.")
+            continue
+        try:
+            kwargs[key] = field.metadata["parse"](raw)
+        except _Invalid as exc:
+            raise ConfigError(f"{origin}: {prefix}{key}: {exc}") from None
+    return cls(**kwargs)
+
+
+def _env_overrides(cls: type[Any], environ: Mapping[str, str], stem: str) -> dict[str, Any]:
+    """Settings named METRICSFACADE_<KEY>, and METRICSFACADE_<TABLE>__<KEY> for tables."""
+    overrides: dict[str, Any] = {}
+    for field in attrs.fields(cls):
+        name = f"{stem}{field.name.upper()}"
+        table = BACKEND_TABLES.get(field.name) if cls is MetricsConfig else None
+        if table is not None:
+            nested = _env_overrides(table, environ, f"{name}__")
+            if nested:
+                overrides[field.name] = nested
+            continue
+        if name in environ:
+            try:
+                overrides[field.name] = field.metadata["env"](environ[name])
+            except _Invalid as exc:
+                raise ConfigError(f"environment variable {name}: {exc}") from None
+    return overrides
+
+
+def _apply_env(config: MetricsConfig, environ: Mapping[str, str]) -> MetricsConfig:
+    unknown = sorted(
+        name for name in environ if name.startswith(ENV_PREFIX) and not _env_name_known(name)
+    )
+    if unknown:
+        raise ConfigError(f"unknown environment variable {unknown[0]} (see the README's table)")
+    overrides = _env_overrides(MetricsConfig, environ, ENV_PREFIX)
+    for table_name, table_values in list(overrides.items()):
+        if table_name in BACKEND_TABLES:
+            overrides[table_name] = attrs.evolve(getattr(config, table_name), **table_values)
+    return attrs.evolve(config, **overrides) if overrides else config
+
+
+def _env_name_known(name: str) -> bool:
+    names = set()
+    for field in attrs.fields(MetricsConfig):
+        table = BACKEND_TABLES.get(field.name)
+        if table is None:
+            names.add(field.name.upper())
+        else:
+            names.update(f"{field.name.upper()}__{sub.name.upper()}" for sub in attrs.fields(table))
+    return name[len(ENV_PREFIX) :] in names
+
+
+def _check_consistency(config: MetricsConfig) -> None:
+    """Rules that involve more than one setting."""
+    for name in config.backends:
+        if name not in KNOWN_BACKENDS:
+            raise ConfigError(
+                f"backends: unknown backend {name!r} (available: {', '.join(KNOWN_BACKENDS)})"
+            )
+    if len(set(config.backends)) != len(config.backends):
+        raise ConfigError(f"backends: a backend is listed twice in {list(config.backends)}")
+    if not config.path.startswith("/") or config.path in ("/health", "/ready"):
+        raise ConfigError(
+            f"path: expected a URL path starting with '/' other than /health and /ready, "
+            f"got {config.path!r}"
+        )
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError("tls_cert and tls_key: set both to serve HTTPS, or neither")
+    if (config.auth_username is None) != (config.auth_password is None):
+        raise ConfigError("auth_username and auth_password: set both for basic auth, or neither")

@@ -1,0 +1,479 @@
+"""``Metrics``: declares metrics, binds them to the configured backends, guards the record path.
+
+One facade owns its metric handles, its backends, the cardinality budget and the HTTP
+endpoint. Handles outlive configuration: metrics declared before ``configure()`` (at module
+level, as libraries do) are bound when it runs, and re-bound if it runs again.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import attrs
+
+from metricsfacade.backends import create_backends
+from metricsfacade.backends.base import Backend, RecordFn
+from metricsfacade.config import ConfigSource, MetricsConfig, load_config
+from metricsfacade.endpoint import Endpoint
+from metricsfacade.errors import DeclarationError, RecordError
+from metricsfacade.handles import (
+    Child,
+    Counter,
+    CounterChild,
+    Gauge,
+    GaugeChild,
+    Histogram,
+    HistogramChild,
+    MetricHandle,
+    Timer,
+    _noop,
+)
+from metricsfacade.readiness import ReadinessCheck, ReadinessChecks
+from metricsfacade.spec import DEFAULT_BUCKETS, Kind, MetricSpec, make_spec
+
+logger = logging.getLogger("metricsfacade")
+
+#: The label value every label takes in a metric's overflow series.
+OVERFLOW_LABEL_VALUE = "__overflow__"
+DEFAULT_CARDINALITY_LIMIT = 10_000
+
+H = TypeVar("H", bound=MetricHandle[Any])
+
+
+class Metrics:
+    """A metrics facade. ``Metrics(config)`` configures it at once; ``Metrics()`` does not.
+
+    Until configured (and after ``close()``) every recording is a silent no-op.
+    """
+
+    def __init__(
+        self, config: ConfigSource = None, *, environ: Mapping[str, str] | None = None
+    ) -> None:
+        self._lock = threading.RLock()
+        self._handles: dict[str, MetricHandle[Any]] = {}
+        self._config: MetricsConfig | None = None
+        self._backends: tuple[Backend, ...] = ()
+        self._endpoint: Endpoint | None = None
+        self._readiness = ReadinessChecks()
+        self._series_count = 0
+        self._limit = DEFAULT_CARDINALITY_LIMIT
+        self._strict = False
+        self._reported: set[tuple[str, str]] = set()
+        self._exit_hook_registered = False
+        self._dropped = self._declare(
+            Counter,
+            make_spec(
+                "metricsfacade_dropped_total",
+                "Recordings dropped because they were invalid or a backend failed",
+                Kind.COUNTER,
+                ["metric", "reason"],
+                internal=True,
+            ),
+        )
+        self._overflowed = self._declare(
+            Counter,
+            make_spec(
+                "metricsfacade_cardinality_overflow_total",
+                "Recordings folded into a metric's overflow series past the cardinality limit",
+                Kind.COUNTER,
+                ["metric"],
+                internal=True,
+            ),
+        )
+        if config is not None:
+            self.configure(config, environ=environ)
+
+    # -- configuration ---------------------------------------------------------------------
+
+    def configure(
+        self, source: ConfigSource = None, *, environ: Mapping[str, str] | None = None
+    ) -> Metrics:
+        """(Re)configure from a dict, a MetricsConfig, a TOML path, or defaults plus env.
+
+        Closes the previous backends and endpoint, then binds every declared metric to the
+        new backends. Raises ConfigError, MissingExtraError or EndpointError.
+        """
+        config = load_config(source, environ=environ)
+        with self._lock:
+            for handle in self._handles.values():
+                _check_common_labels(handle.spec, config)
+            self._teardown()
+            backends = tuple(create_backends(config)) if config.enabled else ()
+            self._config = config
+            self._backends = backends
+            self._strict = config.strict
+            self._limit = config.cardinality_limit
+            for handle in self._handles.values():
+                self._bind(handle)
+            if config.enabled and config.port is not None:
+                try:
+                    self._endpoint = self._start_endpoint(config)
+                except BaseException:
+                    self._teardown()
+                    self._config = None
+                    raise
+        self._register_exit_hook()
+        return self
+
+    @property
+    def config(self) -> MetricsConfig | None:
+        """The config in force, or None while unconfigured."""
+        return self._config
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """Base URL of the HTTP endpoint (e.g. ``http://127.0.0.1:9090``), if one is serving."""
+        return self._endpoint.url if self._endpoint else None
+
+    def backend(self, name: str) -> Backend:
+        """The configured backend called ``name`` (e.g. to query the ``memory`` backend)."""
+        for backend in self._backends:
+            if backend.name == name:
+                return backend
+        configured = [backend.name for backend in self._backends]
+        raise KeyError(f"backend {name!r} is not configured (configured: {configured})")
+
+    def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
+        """``/ready`` answers 503 while ``check()`` raises, returns False, or times out."""
+        self._readiness.add(name, check)
+
+    def remove_readiness_check(self, name: str) -> None:
+        self._readiness.remove(name)
+
+    def flush(self) -> None:
+        """Send what push backends have buffered."""
+        for backend in self._backends:
+            try:
+                backend.flush()
+            except Exception:
+                logger.exception("metricsfacade: flushing the %s backend failed", backend.name)
+
+    def close(self) -> None:
+        """Flush and close the backends and stop the endpoint. Recording becomes a no-op."""
+        with self._lock:
+            self._teardown()
+            self._config = None
+
+    def __enter__(self) -> Metrics:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- declaration -----------------------------------------------------------------------
+
+    def counter(self, name: str, help: str, labels: Iterable[str] | None = None) -> Counter:
+        """Declare (or get) a monotonically increasing counter."""
+        return self._declare(Counter, make_spec(name, help, Kind.COUNTER, labels))
+
+    def gauge(self, name: str, help: str, labels: Iterable[str] | None = None) -> Gauge:
+        """Declare (or get) a gauge: a value that goes up and down."""
+        return self._declare(Gauge, make_spec(name, help, Kind.GAUGE, labels))
+
+    def histogram(
+        self,
+        name: str,
+        help: str,
+        labels: Iterable[str] | None = None,
+        buckets: Sequence[float] | None = None,
+    ) -> Histogram:
+        """Declare (or get) a histogram; without buckets it takes the configured default."""
+        return self._declare(Histogram, make_spec(name, help, Kind.HISTOGRAM, labels, buckets))
+
+    def timer(
+        self,
+        name: str,
+        help: str,
+        labels: Iterable[str] | None = None,
+        buckets: Sequence[float] | None = None,
+    ) -> Timer:
+        """Declare (or get) a histogram of seconds with ``.time()``; name it ``*_seconds``."""
+        return self._declare(Timer, make_spec(name, help, Kind.TIMER, labels, buckets))
+
+    def _declare(self, handle_type: type[H], spec: MetricSpec) -> H:
+        with self._lock:
+            existing = self._handles.get(spec.key)
+            if existing is not None:
+                if _same_metric(existing.spec, spec):
+                    return existing  # type: ignore[return-value]
+                raise DeclarationError(
+                    f"{spec.describe()} conflicts with the earlier declaration "
+                    f"{existing.spec.describe()}"
+                )
+            if spec.key.startswith("metricsfacade_") and not spec.internal:
+                raise DeclarationError(
+                    f"metric names starting with 'metricsfacade_' are reserved: {spec.name!r}"
+                )
+            if self._config is not None:
+                _check_common_labels(spec, self._config)
+            handle = handle_type(self, spec)
+            self._handles[spec.key] = handle
+            if spec.label_names:
+                handle._unlabeled = self._missing_labels_child(handle)
+            if self._config is not None:
+                self._bind(handle)
+            if not spec.label_names:
+                handle._unlabeled = self._child_for(handle, (), {})
+            return handle
+
+    # -- binding ---------------------------------------------------------------------------
+
+    def _bind(self, handle: MetricHandle[Any]) -> None:
+        spec = handle.spec
+        if spec.kind.has_buckets and spec.buckets is None:
+            config = self._config
+            buckets = config.default_buckets if config is not None else DEFAULT_BUCKETS
+            spec = attrs.evolve(spec, buckets=buckets)
+        handle.bound_spec = spec
+        for backend in self._backends:
+            try:
+                backend.declare(spec)
+            except Exception as exc:
+                self._backend_failed(handle, backend.name, exc)
+        for child in handle.series.values():
+            self._wire(handle, child)
+        if handle._overflow is not None:
+            self._wire(handle, handle._overflow, self._overflow_counter(handle))
+
+    def _wire(self, handle: MetricHandle[Any], child: Child, extra: RecordFn | None = None) -> None:
+        """Point a child's record functions at its series in every backend."""
+        values = child.label_values
+        if isinstance(child, CounterChild):
+            child._inc = self._combine(handle, self._series_ops(handle, "counter", values), extra)
+        elif isinstance(child, GaugeChild):
+            ops = self._series_ops(handle, "gauge", values)
+            child._set = self._combine(handle, [(name, op.set) for name, op in ops], extra)
+            child._add = self._combine(handle, [(name, op.add) for name, op in ops], extra)
+        elif isinstance(child, HistogramChild):
+            child._observe = self._combine(
+                handle, self._series_ops(handle, "histogram", values), extra
+            )
+
+    def _series_ops(
+        self, handle: MetricHandle[Any], factory: str, values: tuple[str, ...]
+    ) -> list[tuple[str, Any]]:
+        ops = []
+        for backend in self._backends:
+            try:
+                ops.append((backend.name, getattr(backend, factory)(handle.bound_spec, values)))
+            except Exception as exc:
+                self._backend_failed(handle, backend.name, exc)
+        return ops
+
+    def _combine(
+        self,
+        handle: MetricHandle[Any],
+        ops: list[tuple[str, RecordFn]],
+        extra: RecordFn | None,
+    ) -> RecordFn:
+        """One record function for a series: the backend's own when there is just one."""
+        if extra is not None:
+            ops = [*ops, ("metricsfacade", extra)]
+        if not ops:
+            return _noop
+        if len(ops) == 1:
+            return ops[0][1]
+        backend_failed = self._backend_failed
+
+        def fan_out(value: float) -> None:
+            for backend_name, op in ops:
+                try:
+                    op(value)
+                except Exception as exc:  # one backend's failure never reaches the others
+                    backend_failed(handle, backend_name, exc)
+
+        return fan_out
+
+    # -- the slow path of labels() ---------------------------------------------------------
+
+    def _child_for(
+        self, handle: MetricHandle[Any], values: tuple[object, ...], by_name: Mapping[str, object]
+    ) -> Any:
+        """Validate a label set not in the cache, then create, fold or reject its series."""
+        names = handle.spec.label_names
+        if by_name:
+            if values:
+                return self._bad_labels(
+                    handle, "invalid_labels", "labels given both by position and by name"
+                )
+            unknown = sorted(set(by_name) - set(names))
+            if unknown:
+                return self._bad_labels(
+                    handle, "unknown_label", f"unknown label {unknown[0]!r}; declared {list(names)}"
+                )
+            missing = [name for name in names if name not in by_name]
+            if missing:
+                return self._bad_labels(
+                    handle, "missing_label", f"missing label {missing[0]!r}; declared {list(names)}"
+                )
+            values = tuple(by_name[name] for name in names)
+        if len(values) != len(names):
+            reason = "missing_label" if len(values) < len(names) else "unknown_label"
+            return self._bad_labels(
+                handle, reason, f"{len(values)} label values for labels {list(names)}"
+            )
+        try:
+            hash(values)
+        except TypeError:
+            return self._bad_labels(
+                handle, "invalid_label_value", f"unhashable label value in {values!r}"
+            )
+        normalized = tuple(value if type(value) is str else str(value) for value in values)
+        with self._lock:
+            child = handle.series.get(normalized)
+            if child is None:
+                if not handle.spec.internal and self._series_count >= self._limit:
+                    return self._overflow_child(handle)
+                child = handle.child_type(handle, normalized)
+                self._wire(handle, child)
+                handle.series[normalized] = child
+                self._series_count += 1
+            handle._children[normalized] = child
+            if all(type(value) in (str, int) for value in values):
+                handle._children[values] = child  # e.g. status=200: cache the int form too
+            return child
+
+    def _overflow_child(self, handle: MetricHandle[Any]) -> Any:
+        """The one series per metric that new label sets fold into past the limit. Never cached
+        under the caller's key, so memory stays bounded however many label values arrive."""
+        if handle._overflow is None:
+            child = handle.child_type(
+                handle, (OVERFLOW_LABEL_VALUE,) * len(handle.spec.label_names)
+            )
+            self._wire(handle, child, self._overflow_counter(handle))
+            handle._overflow = child
+            logger.warning(
+                "metricsfacade: the cardinality limit of %d series is reached; new label sets "
+                "of %r are folded into its %s series (counted in "
+                "metricsfacade_cardinality_overflow_total)",
+                self._limit,
+                handle.spec.name,
+                OVERFLOW_LABEL_VALUE,
+            )
+        return handle._overflow
+
+    def _overflow_counter(self, handle: MetricHandle[Any]) -> RecordFn:
+        counted = self._overflowed.labels(handle.spec.name)
+
+        def count_overflow(_value: float) -> None:
+            counted.inc()
+
+        return count_overflow
+
+    def _missing_labels_child(self, handle: MetricHandle[Any]) -> Any:
+        """What ``metric.inc()`` records to on a labeled metric: a rejection per call."""
+        child = handle.child_type(handle, ())
+        detail = f"recorded without labels; declared {list(handle.spec.label_names)}"
+
+        def reject(_value: float) -> None:
+            self._reject(handle, "missing_label", detail)
+
+        for attribute in ("_inc", "_set", "_add", "_observe"):
+            if hasattr(type(child), attribute):
+                setattr(child, attribute, reject)
+        return child
+
+    # -- record-time problems --------------------------------------------------------------
+
+    def _bad_labels(self, handle: MetricHandle[Any], reason: str, detail: str) -> Any:
+        self._reject(handle, reason, detail)
+        return handle.child_type(handle, ())  # records nowhere: its functions are no-ops
+
+    def _reject(self, handle: MetricHandle[Any], reason: str, detail: str) -> None:
+        """Count and drop (log once per metric and reason), or raise in strict mode."""
+        if self._strict:
+            raise RecordError(f"metric {handle.spec.name!r}: {detail}")
+        if handle is not self._dropped:
+            self._dropped.labels(handle.spec.name, reason).inc()
+        self._report_once(handle, reason, f"dropped a recording of {handle.spec.name!r}: {detail}")
+
+    def _record_failed(self, handle: MetricHandle[Any], exc: Exception, value: object) -> None:
+        if isinstance(value, (int, float)):
+            self._backend_failed(handle, "backend", exc)
+        else:
+            self._reject(handle, "invalid_value", f"value {value!r} is not a number")
+
+    def _backend_failed(self, handle: MetricHandle[Any], backend: str, exc: Exception) -> None:
+        if self._strict:
+            raise RecordError(
+                f"metric {handle.spec.name!r}: the {backend} backend failed: {exc!r}"
+            ) from exc
+        if handle is not self._dropped:
+            self._dropped.labels(handle.spec.name, "backend_error").inc()
+        self._report_once(
+            handle,
+            "backend_error",
+            f"the {backend} backend failed on {handle.spec.name!r}: {exc!r}",
+        )
+
+    def _report_once(self, handle: MetricHandle[Any], reason: str, message: str) -> None:
+        key = (handle.spec.key, reason)
+        if key in self._reported:
+            return
+        self._reported.add(key)
+        logger.warning(
+            "metricsfacade: %s (this and later cases are counted in "
+            'metricsfacade_dropped_total{metric="%s",reason="%s"}; logged once)',
+            message,
+            handle.spec.name,
+            reason,
+        )
+
+    # -- lifecycle helpers -----------------------------------------------------------------
+
+    def _start_endpoint(self, config: MetricsConfig) -> Endpoint:
+        render: Callable[[str | None], tuple[bytes, str]] | None = None
+        for backend in self._backends:
+            render = getattr(backend, "render", None) or render
+        endpoint = Endpoint(config, render, self._readiness)
+        endpoint.start()
+        return endpoint
+
+    def _teardown(self) -> None:
+        """Stop the endpoint, close the backends, and leave every handle recording nowhere."""
+        if self._endpoint is not None:
+            self._endpoint.stop()
+            self._endpoint = None
+        backends, self._backends = self._backends, ()
+        for backend in backends:
+            try:
+                backend.close()
+            except Exception:
+                logger.exception("metricsfacade: closing the %s backend failed", backend.name)
+        if backends:
+            for handle in self._handles.values():
+                self._bind(handle)
+
+    def _register_exit_hook(self) -> None:
+        """Flush push backends at interpreter exit; a weak reference lets the facade die."""
+        if not self._exit_hook_registered:
+            self._exit_hook_registered = True
+            atexit.register(_close_at_exit, weakref.ref(self))
+
+
+def _close_at_exit(facade_ref: weakref.ref[Metrics]) -> None:
+    facade = facade_ref()
+    if facade is not None:
+        facade.close()
+
+
+def _check_common_labels(spec: MetricSpec, config: MetricsConfig) -> None:
+    clash = sorted(set(spec.label_names) & set(config.common_labels))
+    if clash:
+        raise DeclarationError(
+            f"{spec.describe()}: label {clash[0]!r} is also a common label in the config"
+        )
+
+
+def _same_metric(first: MetricSpec, second: MetricSpec) -> bool:
+    """Same kind, labels and buckets: the help text may differ between declarations."""
+    return (first.kind, first.label_names, first.buckets) == (
+        second.kind,
+        second.label_names,
+        second.buckets,
+    )

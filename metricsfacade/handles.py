@@ -1,0 +1,229 @@
+"""The handles users hold: metrics (``Counter``...) and their bound children (one per series).
+
+The record path lives here and is kept short: a bound child validates the value with one
+chained comparison and calls the function(s) its backends gave it for that series. Anything
+unusual (a bad value, a backend error, a label set not seen before) leaves the fast path for
+the facade, which counts, logs, or creates the series.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+
+from metricsfacade.spec import MetricSpec
+from metricsfacade.timing import Timing
+
+if TYPE_CHECKING:
+    from metricsfacade.facade import Metrics
+
+_INF = math.inf
+RecordFn = Callable[[float], None]
+
+
+def _noop(_value: float) -> None:
+    """What a child records to while no backend is bound (unconfigured, disabled, closed)."""
+
+
+class Child:
+    """One series: a metric with all its label values fixed. Keep it for the fastest path."""
+
+    __slots__ = ("_metric", "label_values")
+
+    def __init__(self, metric: MetricHandle[Any], label_values: tuple[str, ...]) -> None:
+        self._metric = metric
+        self.label_values = label_values
+
+    @property
+    def labels_dict(self) -> dict[str, str]:
+        return dict(zip(self._metric.spec.label_names, self.label_values, strict=True))
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._metric.spec.name}{self.labels_dict}>"
+
+
+class CounterChild(Child):
+    __slots__ = ("_inc",)
+
+    def __init__(self, metric: MetricHandle[CounterChild], label_values: tuple[str, ...]) -> None:
+        super().__init__(metric, label_values)
+        self._inc: RecordFn = _noop
+
+    def inc(self, amount: float = 1) -> None:
+        """Add ``amount`` (finite, >= 0). Invalid amounts are counted and dropped."""
+        try:
+            if 0 <= amount < _INF:
+                self._inc(amount)
+                return
+        except Exception as exc:
+            self._metric._facade._record_failed(self._metric, exc, amount)
+            return
+        reason = "negative_value" if amount < 0 else "not_finite"
+        self._metric._facade._reject(self._metric, reason, f"inc({amount!r})")
+
+
+class GaugeChild(Child):
+    __slots__ = ("_add", "_set")
+
+    def __init__(self, metric: MetricHandle[GaugeChild], label_values: tuple[str, ...]) -> None:
+        super().__init__(metric, label_values)
+        self._set: RecordFn = _noop
+        self._add: RecordFn = _noop
+
+    def set(self, value: float) -> None:
+        try:
+            if -_INF < value < _INF:
+                self._set(value)
+                return
+        except Exception as exc:
+            self._metric._facade._record_failed(self._metric, exc, value)
+            return
+        self._metric._facade._reject(self._metric, "not_finite", f"set({value!r})")
+
+    def inc(self, amount: float = 1) -> None:
+        try:
+            if -_INF < amount < _INF:
+                self._add(amount)
+                return
+        except Exception as exc:
+            self._metric._facade._record_failed(self._metric, exc, amount)
+            return
+        self._metric._facade._reject(self._metric, "not_finite", f"inc({amount!r})")
+
+    def dec(self, amount: float = 1) -> None:
+        try:
+            if -_INF < amount < _INF:
+                self._add(-amount)
+                return
+        except Exception as exc:
+            self._metric._facade._record_failed(self._metric, exc, amount)
+            return
+        self._metric._facade._reject(self._metric, "not_finite", f"dec({amount!r})")
+
+
+class HistogramChild(Child):
+    __slots__ = ("_observe",)
+
+    def __init__(self, metric: MetricHandle[HistogramChild], label_values: tuple[str, ...]) -> None:
+        super().__init__(metric, label_values)
+        self._observe: RecordFn = _noop
+
+    def observe(self, value: float) -> None:
+        """Record one observation (seconds, for timers). Non-finite values are dropped."""
+        try:
+            if -_INF < value < _INF:
+                self._observe(value)
+                return
+        except Exception as exc:
+            self._metric._facade._record_failed(self._metric, exc, value)
+            return
+        self._metric._facade._reject(self._metric, "not_finite", f"observe({value!r})")
+
+    def time(self) -> Timing:
+        """Time a block (``with``/``async with``) or every call of a decorated function."""
+        return Timing(self.observe)
+
+
+ChildT = TypeVar("ChildT", bound=Child)
+
+
+def _keyword_key(names: tuple[str, ...]) -> Callable[[dict[str, object]], tuple[object, ...]]:
+    """Turns keyword labels into the positional key, in C for two or more labels."""
+    if len(names) < 2:  # itemgetter returns a bare value for one name, and needs at least one
+        return lambda by_name: tuple(by_name[name] for name in names)
+    return itemgetter(*names)
+
+
+class MetricHandle(Generic[ChildT]):
+    """A declared metric. ``labels(...)`` returns the cached child for a label set."""
+
+    child_type: ClassVar[type[Child]]
+
+    __slots__ = (
+        "_children",
+        "_facade",
+        "_keyword_key",
+        "_label_count",
+        "_overflow",
+        "_unlabeled",
+        "bound_spec",
+        "series",
+        "spec",
+    )
+
+    def __init__(self, facade: Metrics, spec: MetricSpec) -> None:
+        self.spec = spec
+        #: ``spec`` with the configured default buckets filled in, once bound.
+        self.bound_spec = spec
+        self._facade = facade
+        self._label_count = len(spec.label_names)
+        self._keyword_key = _keyword_key(spec.label_names)
+        #: label values as callers pass them -> child. Read without a lock.
+        self._children: dict[tuple[object, ...], ChildT] = {}
+        #: normalized label values (strings) -> child: the real series.
+        self.series: dict[tuple[str, ...], ChildT] = {}
+        #: the series that label sets fold into past the cardinality limit.
+        self._overflow: ChildT | None = None
+        #: what calls on the metric itself record to (set by the facade).
+        self._unlabeled: ChildT
+
+    def labels(self, *values: object, **by_name: object) -> ChildT:
+        """The child for these label values, by position (declared order) or by name."""
+        if by_name:
+            if values or len(by_name) != self._label_count:
+                return cast(ChildT, self._facade._child_for(self, values, by_name))
+            try:
+                values = self._keyword_key(by_name)
+            except KeyError:
+                return cast(ChildT, self._facade._child_for(self, (), by_name))
+        try:
+            child = self._children.get(values)
+        except TypeError:  # an unhashable label value
+            child = None
+        if child is None:
+            return cast(ChildT, self._facade._child_for(self, values, {}))
+        return child
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.spec.describe()}>"
+
+
+class Counter(MetricHandle[CounterChild]):
+    child_type = CounterChild
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        self._unlabeled.inc(amount)
+
+
+class Gauge(MetricHandle[GaugeChild]):
+    child_type = GaugeChild
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        self._unlabeled.set(value)
+
+    def inc(self, amount: float = 1) -> None:
+        self._unlabeled.inc(amount)
+
+    def dec(self, amount: float = 1) -> None:
+        self._unlabeled.dec(amount)
+
+
+class Histogram(MetricHandle[HistogramChild]):
+    child_type = HistogramChild
+    __slots__ = ()
+
+    def observe(self, value: float) -> None:
+        self._unlabeled.observe(value)
+
+    def time(self) -> Timing:
+        return self._unlabeled.time()
+
+
+class Timer(Histogram):
+    """A histogram of seconds. Push backends send it as a timing in milliseconds."""
+
+    __slots__ = ()

@@ -1,0 +1,154 @@
+"""What a declared metric is: name, kind, help, labels and buckets, validated once."""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+from collections.abc import Iterable, Sequence
+
+import attrs
+
+from metricsfacade.errors import DeclarationError
+
+METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+
+#: prometheus-client's default buckets, used when neither the metric nor the config sets any.
+DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+
+
+class Kind(enum.Enum):
+    """The four metric kinds. A timer is a histogram of seconds that push backends send as ms."""
+
+    COUNTER = "counter"
+    GAUGE = "gauge"
+    HISTOGRAM = "histogram"
+    TIMER = "timer"
+
+    @property
+    def has_buckets(self) -> bool:
+        return self in (Kind.HISTOGRAM, Kind.TIMER)
+
+
+@attrs.frozen
+class MetricSpec:
+    """An immutable, validated metric declaration.
+
+    ``buckets`` is ``None`` for a histogram that set none: the facade fills in the configured
+    default when it binds the metric to backends.
+    """
+
+    name: str
+    help: str
+    kind: Kind
+    label_names: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+    #: metricsfacade's own metrics: exempt from the cardinality limit.
+    internal: bool = False
+
+    @property
+    def key(self) -> str:
+        """The registry key: a counter ``x`` and ``x_total`` are exposed as the same series."""
+        if self.kind is Kind.COUNTER and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+    def describe(self) -> str:
+        labels = ", ".join(self.label_names)
+        text = f"{self.kind.value} {self.name!r} (labels [{labels}]"
+        if self.kind.has_buckets:
+            text += f", buckets {list(self.buckets) if self.buckets else 'default'}"
+        return text + ")"
+
+
+def make_spec(
+    name: str,
+    help: str,
+    kind: Kind,
+    labels: Iterable[str] | None = None,
+    buckets: Sequence[float] | None = None,
+    *,
+    internal: bool = False,
+) -> MetricSpec:
+    """Validate a declaration and return its spec, raising :class:`DeclarationError`."""
+    validate_metric_name(name)
+    if not isinstance(help, str):
+        raise DeclarationError(f"metric {name!r}: help must be a string, got {help!r}")
+    if isinstance(labels, str):
+        raise DeclarationError(
+            f"metric {name!r}: labels must be a list of names, not the string {labels!r}"
+        )
+    label_names = tuple(labels or ())
+    validate_label_names(name, label_names, kind)
+    if buckets is not None and not kind.has_buckets:
+        raise DeclarationError(f"metric {name!r}: only histograms and timers take buckets")
+    bucket_tuple = validate_buckets(name, buckets) if buckets is not None else None
+    return MetricSpec(name, help, kind, label_names, bucket_tuple, internal)
+
+
+def validate_metric_name(name: object) -> None:
+    if not isinstance(name, str) or not METRIC_NAME_RE.match(name):
+        raise DeclarationError(
+            f"invalid metric name {name!r}: it must match [a-zA-Z_:][a-zA-Z0-9_:]*"
+        )
+
+
+def validate_label_names(metric: str, names: Sequence[object], kind: Kind) -> None:
+    seen: set[object] = set()
+    for label in names:
+        if not isinstance(label, str) or not LABEL_NAME_RE.match(label):
+            raise DeclarationError(
+                f"metric {metric!r}: invalid label name {label!r}: "
+                "it must match [a-zA-Z_][a-zA-Z0-9_]*"
+            )
+        if label.startswith("__"):
+            raise DeclarationError(
+                f"metric {metric!r}: label name {label!r} starts with '__', "
+                "which Prometheus reserves for internal use"
+            )
+        if label == "le" and kind.has_buckets:
+            raise DeclarationError(
+                f"metric {metric!r}: label name 'le' is reserved on histograms for bucket bounds"
+            )
+        if label in seen:
+            raise DeclarationError(f"metric {metric!r}: label {label!r} is listed twice")
+        seen.add(label)
+
+
+def validate_buckets(metric: str, buckets: Sequence[object]) -> tuple[float, ...]:
+    """Buckets must be finite numbers in strictly increasing order; +Inf is always implicit."""
+    if isinstance(buckets, (str, bytes)) or not isinstance(buckets, Sequence):
+        raise DeclarationError(f"metric {metric!r}: buckets must be a list of numbers")
+    if not buckets:
+        raise DeclarationError(f"metric {metric!r}: buckets must not be empty")
+    bounds: list[float] = []
+    for bound in buckets:
+        if isinstance(bound, bool) or not isinstance(bound, (int, float)):
+            raise DeclarationError(f"metric {metric!r}: bucket {bound!r} is not a number")
+        if not math.isfinite(bound):
+            raise DeclarationError(
+                f"metric {metric!r}: bucket {bound!r} is not finite (the +Inf bucket is implicit)"
+            )
+        if bounds and bound <= bounds[-1]:
+            raise DeclarationError(
+                f"metric {metric!r}: buckets must be strictly increasing, "
+                f"but {bound!r} follows {bounds[-1]!r}"
+            )
+        bounds.append(float(bound))
+    return tuple(bounds)
