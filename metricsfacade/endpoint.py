@@ -33,6 +33,7 @@ REQUEST_TIMEOUT_SECS = 10.0
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's default of 5 drops connections in scrape bursts
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         logger.debug(
@@ -135,7 +136,7 @@ class Endpoint:
             return _text(404, "no prometheus backend is configured\n")
         body, content_type = self._render(request.headers.get("Accept"))
         headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
             body = gzip.compress(body, compresslevel=6)
             headers["Content-Encoding"] = "gzip"
         return 200, headers, body
@@ -151,6 +152,23 @@ class Endpoint:
         except ValueError:
             return False
         return hmac.compare_digest(given, expected)
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    """True when the client accepts gzip with a non-zero quality; an explicit ``gzip`` entry
+    overrides ``*`` (so ``*, gzip;q=0`` means no)."""
+    qualities: dict[str, float] = {}
+    for item in accept_encoding.split(","):
+        coding, _, params = item.strip().partition(";")
+        quality = 1.0
+        params = params.strip().lower()
+        if params.startswith("q="):
+            try:
+                quality = float(params[2:])
+            except ValueError:
+                quality = 0.0
+        qualities[coding.strip().lower()] = quality
+    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
 
 
 def _json(status: int, payload: object) -> tuple[int, dict[str, str], bytes]:

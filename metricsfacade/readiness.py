@@ -50,7 +50,9 @@ class ReadinessChecks:
             thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 failures[name] = f"timed out after {timeout:g}s"
-            elif outcomes.get(name) is not None:
+            elif name not in outcomes:
+                failures[name] = "ended without a result"
+            elif outcomes[name] is not None:
                 failures[name] = str(outcomes[name])
         return failures
 
@@ -58,7 +60,7 @@ class ReadinessChecks:
 def _run_check(name: str, check: ReadinessCheck, outcomes: dict[str, str | None]) -> None:
     try:
         result = check()
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit too: it would only end this helper thread
         outcomes[name] = f"raised {type(exc).__name__}: {exc}"
         return
     outcomes[name] = "returned False" if result is False else None
