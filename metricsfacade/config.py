@@ -250,7 +250,7 @@ def _build(cls: type[Any], values: Mapping[str, Any], origin: str, prefix: str) 
         field = fields.get(key)
         if field is None:
             known = ", ".join(sorted(fields))
-            raise ConfigError(f"{origin}: unknown key {prefix}{key!r} (known keys: {known})")
+            raise ConfigError(f"{origin}: unknown key '{prefix}{key}' (known keys: {known})")
         table = BACKEND_TABLES.get(key)
         if table is not None:
             if not isinstance(raw, Mapping):

@@ -211,6 +211,7 @@ class Metrics:
                 )
             if self._config is not None:
                 _check_common_labels(spec, self._config)
+            self._check_exposed_names(spec)
             handle = handle_type(self, spec)
             self._handles[spec.key] = handle
             if spec.label_names:
@@ -220,6 +221,18 @@ class Metrics:
             if not spec.label_names:
                 handle._unlabeled = self._child_for(handle, (), {})
             return handle
+
+    def _check_exposed_names(self, spec: MetricSpec) -> None:
+        """A gauge ``x_total`` or ``x_count`` would clash in the exposition with the samples
+        of a counter or histogram ``x``: refuse it at declaration."""
+        names = spec.exposed_names
+        for other in self._handles.values():
+            clash = names & other.spec.exposed_names
+            if clash:
+                raise DeclarationError(
+                    f"{spec.describe()} would expose {sorted(clash)[0]!r}, which "
+                    f"{other.spec.describe()} already exposes"
+                )
 
     # -- binding ---------------------------------------------------------------------------
 
@@ -243,6 +256,7 @@ class Metrics:
     def _wire(self, handle: MetricHandle[Any], child: Child, extra: RecordFn | None = None) -> None:
         """Point a child's record functions at its series in every backend."""
         values = child.label_values
+        child.__class__ = child.live_type if (self._backends or extra) else child.idle_type
         if isinstance(child, CounterChild):
             child._inc = self._combine(handle, self._series_ops(handle, "counter", values), extra)
         elif isinstance(child, GaugeChild):
@@ -332,7 +346,8 @@ class Metrics:
                 child = handle.child_type(handle, normalized)
                 self._wire(handle, child)
                 handle.series[normalized] = child
-                self._series_count += 1
+                if not handle.spec.internal:
+                    self._series_count += 1
             handle._children[normalized] = child
             if all(type(value) in (str, int) for value in values):
                 handle._children[values] = child  # e.g. status=200: cache the int form too

@@ -28,9 +28,16 @@ def _noop(_value: float) -> None:
 
 
 class Child:
-    """One series: a metric with all its label values fixed. Keep it for the fastest path."""
+    """One series: a metric with all its label values fixed. Keep it for the fastest path.
+
+    While nothing is bound (unconfigured, ``enabled = false``, closed) the facade switches a
+    child to its ``idle_type``, a subclass whose record methods do nothing at all, so a
+    disabled recording costs one method call; binding switches it back to ``live_type``.
+    """
 
     __slots__ = ("_metric", "label_values")
+    live_type: ClassVar[type[Child]]
+    idle_type: ClassVar[type[Child]]
 
     def __init__(self, metric: MetricHandle[Any], label_values: tuple[str, ...]) -> None:
         self._metric = metric
@@ -125,6 +132,41 @@ class HistogramChild(Child):
         """Time a block (``with``/``async with``) or every call of a decorated function."""
         return Timing(self.observe)
 
+
+class _IdleCounterChild(CounterChild):
+    __slots__ = ()
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+
+class _IdleGaugeChild(GaugeChild):
+    __slots__ = ()
+
+    def set(self, value: float) -> None:
+        pass
+
+    def inc(self, amount: float = 1) -> None:
+        pass
+
+    def dec(self, amount: float = 1) -> None:
+        pass
+
+
+class _IdleHistogramChild(HistogramChild):
+    __slots__ = ()
+
+    def observe(self, value: float) -> None:
+        pass
+
+
+for _live, _idle in (
+    (CounterChild, _IdleCounterChild),
+    (GaugeChild, _IdleGaugeChild),
+    (HistogramChild, _IdleHistogramChild),
+):
+    _live.live_type = _live
+    _live.idle_type = _idle
 
 ChildT = TypeVar("ChildT", bound=Child)
 

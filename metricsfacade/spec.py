@@ -69,6 +69,16 @@ class MetricSpec:
             return self.name[: -len("_total")]
         return self.name
 
+    @property
+    def exposed_names(self) -> frozenset[str]:
+        """The family and sample names this metric takes in a Prometheus exposition."""
+        if self.kind is Kind.COUNTER:
+            return frozenset((self.key, f"{self.key}_total", f"{self.key}_created"))
+        if self.kind.has_buckets:
+            suffixes = ("", "_bucket", "_count", "_sum", "_created")
+            return frozenset(f"{self.name}{suffix}" for suffix in suffixes)
+        return frozenset((self.name,))
+
     def describe(self) -> str:
         labels = ", ".join(self.label_names)
         text = f"{self.kind.value} {self.name!r} (labels [{labels}]"

@@ -8,8 +8,9 @@
             mock.assert_counter("demo_requests_total", {"method": "ping"}, 1)
 
 MetricsMock re-configures a facade (the global one unless given) with only the in-memory
-backend, so code that declared its metrics at import time records into it, and restores the
-previous configuration afterwards. Failures list everything that was recorded.
+backend, keeping its other settings, so code that declared its metrics at import time records
+into it; it restores the previous configuration afterwards. Failures list everything that
+was recorded.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+import attrs
 
 from metricsfacade import get_metrics
 from metricsfacade.backends.memory import MemoryBackend, Record
@@ -35,9 +38,15 @@ class MetricsMock:
 
     def __enter__(self) -> MetricsMock:
         self._previous = self.facade.config
-        self.facade.configure(
-            {"backends": ["memory"], "port": None, "strict": self._strict}, environ={}
+        # Keep the facade's own settings (buckets, limits...), swap only where values go.
+        testing = attrs.evolve(
+            self._previous or MetricsConfig(),
+            enabled=True,
+            backends=("memory",),
+            port=None,
+            strict=self._strict,
         )
+        self.facade.configure(testing, environ={})
         return self
 
     def __exit__(self, *exc_info: object) -> None:
