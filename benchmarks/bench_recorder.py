@@ -14,6 +14,7 @@ import json
 import statistics
 import sys
 import timeit
+from importlib.metadata import version
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -120,7 +121,10 @@ def print_table(results: list[dict[str, Any]]) -> None:
             f"{row['case']:38} {row['raw_ns']:8.0f} {row['facade_ns']:10.0f} "
             f"{row['ratio']:7.2f}  {target}"
         )
-    print("raw = prometheus-client 0.x (the 'disabled' row compares to an empty function call)")
+    print(
+        f"raw = prometheus-client {version('prometheus-client')}, Python {sys.version.split()[0]}"
+        "; the 'disabled' row compares with an empty function call"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
