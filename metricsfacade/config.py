@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,8 @@ import attrs
 from metricsfacade.errors import ConfigError, DeclarationError
 from metricsfacade.spec import DEFAULT_BUCKETS, LABEL_NAME_RE, validate_buckets
 
+PREFIX_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*(\.[a-zA-Z_][a-zA-Z0-9_]*)*\Z")
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only
@@ -26,7 +29,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 ENV_PREFIX = "METRICSFACADE_"
 #: Backends metricsfacade knows; each one's library is imported only when it is configured.
-KNOWN_BACKENDS = ("prometheus", "memory")
+KNOWN_BACKENDS = ("prometheus", "statsd", "datadog", "memory")
 
 
 class _Invalid(ValueError):
@@ -164,6 +167,89 @@ def _registry(value: object) -> str:
     return text
 
 
+def _choice(*allowed: str) -> Parser:
+    def parse(value: object) -> str:
+        text = _str(value)
+        if text not in allowed:
+            options = ", ".join(repr(option) for option in allowed)
+            raise _Invalid(f"expected one of {options}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _optional_int(low: int, high: int) -> Parser:
+    return lambda value: None if value is None else _int(value, low, high)
+
+
+def _optional_int_env(low: int, high: int) -> Parser:
+    return lambda value: _int(_int_text(value), low, high)
+
+
+def _sample_rate(value: object) -> float:
+    rate = _positive_float(value)
+    if rate > 1:
+        raise _Invalid(f"expected a number in (0, 1], got {value!r}")
+    return rate
+
+
+def _sample_rate_env(value: object) -> float:
+    return _sample_rate(_positive_float_env(value))
+
+
+def _prefix(value: object) -> str:
+    text = _str(value)
+    if text and not PREFIX_RE.match(text):
+        raise _Invalid(f"expected dot-separated identifiers like 'app.prod', got {value!r}")
+    return text
+
+
+@attrs.frozen
+class StatsdSettings:
+    """The ``[statsd]`` table."""
+
+    host: str = _setting("127.0.0.1", _str)
+    port: int = _setting(8125, lambda v: _int(v, 1, 65535), lambda v: _int(_int_text(v), 1, 65535))
+    #: "udp", "tcp", or "unix" (a Unix stream socket at ``socket_path``)
+    protocol: str = _setting("udp", _choice("udp", "tcp", "unix"))
+    socket_path: str | None = _setting(None, _optional_str)
+    #: dotted prefix put before every name, e.g. "myapp.prod"
+    prefix: str = _setting("", _prefix)
+    #: "dogstatsd": labels as |#k:v tags; "none": label values folded into the dotted name
+    tag_format: str = _setting("dogstatsd", _choice("dogstatsd", "none"))
+    #: line type of histograms and timers; the Etsy daemon treats h and d as counters
+    histogram_type: str = _setting("ms", _choice("ms", "h", "d"))
+    #: fraction of counter increments sent, with |@rate so the agent scales them back
+    sample_rate: float = _setting(1.0, _sample_rate, _sample_rate_env)
+    #: bytes per datagram; default 1432 on UDP, 8192 on TCP and Unix sockets
+    max_packet_size: int | None = _setting(
+        None, _optional_int(64, 65_000), _optional_int_env(64, 65_000)
+    )
+    flush_interval_secs: float = _setting(0.5, _positive_float, _positive_float_env)
+
+
+@attrs.frozen
+class DatadogSettings:
+    """The ``[datadog]`` table. Unset host, port and socket_path fall back to DogStatsd's
+    environment variables (DD_DOGSTATSD_URL, DD_AGENT_HOST, DD_DOGSTATSD_PORT), then to
+    localhost:8125; DD_ENV, DD_SERVICE and DD_VERSION become tags."""
+
+    host: str | None = _setting(None, _optional_str)
+    port: int | None = _setting(None, _optional_int(1, 65535), _optional_int_env(1, 65535))
+    #: a Unix datagram socket of the agent, e.g. /var/run/datadog/dsd.socket
+    socket_path: str | None = _setting(None, _optional_str)
+    namespace: str = _setting("", _prefix)
+    constant_tags: dict[str, str] = _setting(attrs.Factory(dict), _labels, _labels_env)  # noqa: RUF009
+    #: "h" (histogram, aggregated by the agent) or "d" (distribution, aggregated globally)
+    histogram_type: str = _setting("h", _choice("h", "d"))
+    sample_rate: float = _setting(1.0, _sample_rate, _sample_rate_env)
+    #: bytes per datagram; default 1432 on UDP, 8192 on a Unix socket
+    max_packet_size: int | None = _setting(
+        None, _optional_int(64, 65_000), _optional_int_env(64, 65_000)
+    )
+    flush_interval_secs: float = _setting(0.5, _positive_float, _positive_float_env)
+
+
 @attrs.frozen
 class PrometheusSettings:
     """The ``[prometheus]`` table."""
@@ -174,7 +260,11 @@ class PrometheusSettings:
 
 
 #: Per-backend tables: the attribute of MetricsConfig and the attrs class that parses it.
-BACKEND_TABLES: dict[str, type[Any]] = {"prometheus": PrometheusSettings}
+BACKEND_TABLES: dict[str, type[Any]] = {
+    "prometheus": PrometheusSettings,
+    "statsd": StatsdSettings,
+    "datadog": DatadogSettings,
+}
 
 
 @attrs.frozen
@@ -197,6 +287,8 @@ class MetricsConfig:
     auth_username: str | None = _setting(None, _optional_str)
     auth_password: str | None = _setting(None, _optional_str)
     prometheus: PrometheusSettings = attrs.field(factory=PrometheusSettings)
+    statsd: StatsdSettings = attrs.field(factory=StatsdSettings)
+    datadog: DatadogSettings = attrs.field(factory=DatadogSettings)
 
     @property
     def default_buckets(self) -> tuple[float, ...]:
@@ -325,3 +417,5 @@ def _check_consistency(config: MetricsConfig) -> None:
         raise ConfigError("tls_cert and tls_key: set both to serve HTTPS, or neither")
     if (config.auth_username is None) != (config.auth_password is None):
         raise ConfigError("auth_username and auth_password: set both for basic auth, or neither")
+    if config.statsd.protocol == "unix" and config.statsd.socket_path is None:
+        raise ConfigError("statsd.socket_path: required when statsd.protocol is 'unix'")

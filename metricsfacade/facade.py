@@ -85,6 +85,16 @@ class Metrics:
                 internal=True,
             ),
         )
+        self._undelivered = self._declare(
+            Counter,
+            make_spec(
+                "metricsfacade_backend_dropped_total",
+                "Lines a push backend could not deliver (agent down, queue full, too long)",
+                Kind.COUNTER,
+                ["backend", "reason"],
+                internal=True,
+            ),
+        )
         if config is not None:
             self.configure(config, environ=environ)
 
@@ -106,6 +116,8 @@ class Metrics:
             backends = tuple(create_backends(config)) if config.enabled else ()
             self._config = config
             self._backends = backends
+            for backend in backends:
+                backend.set_drop_reporter(self._drop_reporter(backend.name))
             self._strict = config.strict
             self._limit = config.cardinality_limit
             for handle in self._handles.values():
@@ -371,6 +383,12 @@ class Metrics:
                 OVERFLOW_LABEL_VALUE,
             )
         return handle._overflow
+
+    def _drop_reporter(self, backend: str) -> Callable[[str, int], None]:
+        def report(reason: str, count: int) -> None:
+            self._undelivered.labels(backend, reason).inc(count)
+
+        return report
 
     def _overflow_counter(self, handle: MetricHandle[Any]) -> RecordFn:
         counted = self._overflowed.labels(handle.spec.name)

@@ -96,7 +96,10 @@ def test_a_metricsconfig_instance_round_trips():
         ({"collection_interval_secs": -1}, "collection_interval_secs: expected a positive"),
         ({"histogram_buckets": [2, 1]}, "histogram_buckets: buckets must be strictly increasing"),
         ({"backends": "prometheus"}, "backends: expected a list of strings"),
-        ({"backends": ["influx"]}, "unknown backend 'influx' (available: prometheus, memory)"),
+        (
+            {"backends": ["influx"]},
+            "unknown backend 'influx' (available: prometheus, statsd, datadog, memory)",
+        ),
         ({"backends": ["memory", "memory"]}, "listed twice"),
         ({"common_labels": {"bad-name": "x"}}, "common_labels: invalid label name"),
         ({"path": "metrics"}, "path: expected a URL path"),

@@ -16,6 +16,8 @@ _REGISTRY: dict[str, tuple[str, str, str | None, str | None]] = {
         "prometheus_client",
         "prometheus",
     ),
+    "statsd": ("metricsfacade.backends.statsd", "StatsdBackend", "statsd", "statsd"),
+    "datadog": ("metricsfacade.backends.datadog", "DatadogBackend", "datadog", "datadog"),
     "memory": ("metricsfacade.backends.memory", "MemoryBackend", None, None),
 }
 

@@ -19,6 +19,8 @@ from metricsfacade.config import MetricsConfig
 from metricsfacade.spec import MetricSpec
 
 RecordFn = Callable[[float], None]
+#: (reason, number of lines) -> None: how a push backend reports what it could not deliver.
+ReportDrop = Callable[[str, int], None]
 
 
 @attrs.frozen
@@ -53,6 +55,10 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def histogram(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
         """Return the function that observes a value (seconds, for timers) in this series."""
+
+    def set_drop_reporter(self, report_drop: ReportDrop) -> None:  # noqa: B027 - optional hook
+        """The facade passes a function counting undeliverable lines; push backends call it
+        (never while holding a lock of theirs: it records a metric, possibly to them)."""
 
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Send anything buffered. Push backends override this."""

@@ -1,0 +1,103 @@
+"""StatsD and DogStatsD lines: naming convention, sanitizing, and per-series templates.
+
+Naming convention (canonical Prometheus-style name -> dotted name):
+
+1. drop the suffix that only Prometheus uses: ``_total`` on counters, ``_seconds`` on timers
+   (timers are sent in milliseconds, the StatsD habit);
+2. ``:`` becomes ``.``, and the first ``_`` becomes ``.`` (it separates the namespace);
+3. prepend the configured prefix (StatsD) or namespace (Datadog) and a dot.
+
+So ``shadowcat_requests_total`` is ``shadowcat.requests`` and
+``shadowcat_request_duration_seconds`` is ``shadowcat.request_duration`` (in ms).
+
+Sanitizing: a label value can never break a line. Each of ``| : # , @ ; =``, every control
+character (newlines included) and, where labels are folded into the name (``tag_format =
+"none"``), ``.`` and whitespace are replaced by ``_``; values are cut to 200 characters; an
+empty value becomes ``_`` in a folded name. The same input always gives the same output.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from functools import lru_cache
+
+from metricsfacade.spec import Kind, MetricSpec
+
+#: Longest label value sent; longer ones are cut so a line always fits a datagram.
+MAX_TAG_VALUE_LENGTH = 200
+_UNSAFE = "|:#,@;="
+_FOLDED_UNSAFE = _UNSAFE + "."
+
+
+def dotted_name(spec: MetricSpec, prefix: str = "") -> str:
+    """The metric's StatsD/Datadog name under the naming convention above."""
+    name = spec.name
+    if spec.kind is Kind.COUNTER and name.endswith("_total"):
+        name = name[: -len("_total")]
+    elif spec.kind is Kind.TIMER and name.endswith("_seconds"):
+        name = name[: -len("_seconds")]
+    name = name.replace(":", ".").replace("_", ".", 1)
+    return f"{prefix}.{name}" if prefix else name
+
+
+@lru_cache(maxsize=4096)
+def sanitize(value: str, folded: bool = False) -> str:
+    """Make a label value safe inside a line (see the module docstring for the rule)."""
+    unsafe = _FOLDED_UNSAFE if folded else _UNSAFE
+    cleaned = "".join(
+        "_"
+        if char in unsafe
+        or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
+        or (folded and char.isspace())
+        else char
+        for char in value[:MAX_TAG_VALUE_LENGTH]
+    )
+    return cleaned or ("_" if folded else "")
+
+
+def statsd_type(spec: MetricSpec, histogram_type: str) -> str:
+    """The line type: c, g, or the configured one for histograms and timers."""
+    if spec.kind is Kind.COUNTER:
+        return "c"
+    if spec.kind is Kind.GAUGE:
+        return "g"
+    return histogram_type
+
+
+class LineTemplate:
+    """``%``-templates for one series, so recording is a single string format.
+
+    ``template % value`` gives ``name:<value>|type[|@rate][|#k:v,...]``; values are
+    formatted with ``%.15g`` (``3``, ``0.25``, ``1e+21``), or ``%+.15g`` when ``signed``
+    (StatsD gauge deltas: ``+3``, ``-3``).
+    """
+
+    __slots__ = ("key", "template")
+
+    def __init__(
+        self,
+        name: str,
+        metric_type: str,
+        tags: Sequence[tuple[str, str]],
+        tag_format: str,
+        *,
+        sample_rate: float = 1.0,
+        signed: bool = False,
+    ) -> None:
+        rate = f"|@{sample_rate:g}" if sample_rate < 1 else ""
+        if tag_format == "none":
+            parts = [name, *(sanitize(value, folded=True) for _, value in tags)]
+            key = ".".join(parts)
+            tag_text = ""
+        else:
+            key = name
+            tag_text = "|#" + ",".join(f"{k}:{sanitize(v)}" for k, v in tags) if tags else ""
+        #: the series key as the receiver sees it (name, or the folded name)
+        self.key = key
+        number = "%+.15g" if signed else "%.15g"
+        suffix = f"|{metric_type}{rate}{tag_text}".replace("%", "%%")
+        self.template = key.replace("%", "%%") + ":" + number + suffix
+
+    def line(self, value: float) -> str:
+        return self.template % value

@@ -1,0 +1,183 @@
+"""StatsD backend: lines built here, sent through the ``statsd`` package's sockets.
+
+The ``statsd`` package refuses tags and encodes as ASCII, so lines are built from per-series
+templates (see ``lines``) and buffered (see ``transport``); its clients still resolve the
+address and own the UDP, TCP or Unix socket. Types: counters ``c`` (with ``|@rate`` when
+sampled), gauges ``g`` (deltas as ``+N``/``-N``, a negative value as ``0`` then ``-N``),
+histograms and timers ``ms`` by default (timers in milliseconds).
+"""
+
+from __future__ import annotations
+
+import random
+
+import statsd
+
+from metricsfacade.backends.base import Backend, GaugeOps, RecordFn, ReportDrop
+from metricsfacade.backends.lines import LineTemplate, dotted_name, statsd_type
+from metricsfacade.backends.transport import LineBuffer
+from metricsfacade.config import MetricsConfig, StatsdSettings
+from metricsfacade.spec import Kind, MetricSpec
+
+UDP_MAX_PACKET = 1432
+STREAM_MAX_PACKET = 8192
+CONNECT_TIMEOUT_SECS = 2.0
+
+
+class UdpTransport:
+    stream = False
+
+    def __init__(self, host: str, port: int) -> None:
+        self._host, self._port = host, port
+        self._client: statsd.StatsClient | None = None
+
+    def send(self, payload: bytes) -> None:
+        if self._client is None:
+            self._client = statsd.StatsClient(self._host, self._port, ipv6=":" in self._host)
+        # The client's own _send encodes ASCII and swallows errors; we need UTF-8 and to
+        # count failures, so its socket and resolved address are used directly.
+        self._client._sock.sendto(payload, self._client._addr)
+
+    def reset(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class StreamTransport:
+    """TCP or a Unix stream socket, connected on first send and after every failure."""
+
+    stream = True
+
+    def __init__(self, settings: StatsdSettings) -> None:
+        self._settings = settings
+        self._client: statsd.TCPStatsClient | statsd.UnixSocketStatsClient | None = None
+
+    def send(self, payload: bytes) -> None:
+        if self._client is None:
+            settings = self._settings
+            if settings.protocol == "tcp":
+                client: statsd.TCPStatsClient | statsd.UnixSocketStatsClient = (
+                    statsd.TCPStatsClient(
+                        settings.host,
+                        settings.port,
+                        timeout=CONNECT_TIMEOUT_SECS,
+                        ipv6=":" in settings.host,
+                    )
+                )
+            else:
+                assert settings.socket_path is not None
+                client = statsd.UnixSocketStatsClient(
+                    settings.socket_path, timeout=CONNECT_TIMEOUT_SECS
+                )
+            client.connect()
+            self._client = client
+        self._client._sock.sendall(payload)
+
+    def reset(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+
+class StatsdBackend(Backend):
+    name = "statsd"
+
+    def __init__(self, settings: StatsdSettings, common_labels: dict[str, str]) -> None:
+        self._settings = settings
+        self._common = tuple(common_labels.items())
+        if settings.protocol == "udp":
+            transport: UdpTransport | StreamTransport = UdpTransport(settings.host, settings.port)
+            default_size = UDP_MAX_PACKET
+        else:
+            transport = StreamTransport(settings)
+            default_size = STREAM_MAX_PACKET
+        self._buffer = LineBuffer(
+            transport,
+            settings.max_packet_size or default_size,
+            settings.flush_interval_secs,
+            _ignore_drops,
+            name=self.name,
+        )
+
+    @classmethod
+    def from_config(cls, config: MetricsConfig) -> StatsdBackend:
+        return cls(config.statsd, dict(config.common_labels))
+
+    def set_drop_reporter(self, report_drop: ReportDrop) -> None:
+        self._buffer.set_report_drop(report_drop)
+
+    def _template(
+        self, spec: MetricSpec, values: tuple[str, ...], *, signed: bool = False
+    ) -> bytes:
+        settings = self._settings
+        tags = (*self._common, *zip(spec.label_names, values, strict=True))
+        rate = settings.sample_rate if spec.kind is Kind.COUNTER else 1.0
+        template = LineTemplate(
+            dotted_name(spec, settings.prefix),
+            statsd_type(spec, settings.histogram_type),
+            tags,
+            settings.tag_format,
+            sample_rate=rate,
+            signed=signed,
+        )
+        return template.template.encode()
+
+    def counter(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
+        template = self._template(spec, label_values)
+        add = self._buffer.add
+        rate = self._settings.sample_rate
+        if rate >= 1:
+
+            def inc(amount: float) -> None:
+                add(template % amount)
+
+            return inc
+
+        def inc_sampled(amount: float) -> None:
+            if random.random() < rate:
+                add(template % amount)
+
+        return inc_sampled
+
+    def gauge(self, spec: MetricSpec, label_values: tuple[str, ...]) -> GaugeOps:
+        absolute = self._template(spec, label_values)
+        delta = self._template(spec, label_values, signed=True)
+        zero = absolute % 0
+        add = self._buffer.add
+
+        def set_gauge(value: float) -> None:
+            if value < 0:  # "-N|g" alone would be a delta: reset to 0 first, in one unit
+                add(zero + b"\n" + delta % value)
+            else:
+                add(absolute % value)
+
+        def add_to_gauge(amount: float) -> None:
+            add(delta % amount)
+
+        return GaugeOps(set=set_gauge, add=add_to_gauge)
+
+    def histogram(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
+        template = self._template(spec, label_values)
+        add = self._buffer.add
+        if spec.kind is Kind.TIMER:
+
+            def observe_ms(seconds: float) -> None:
+                add(template % (seconds * 1000.0))
+
+            return observe_ms
+
+        def observe(value: float) -> None:
+            add(template % value)
+
+        return observe
+
+    def flush(self) -> None:
+        self._buffer.flush()
+
+    def close(self) -> None:
+        self._buffer.close()
+
+
+def _ignore_drops(reason: str, count: int) -> None:
+    """Until the facade attaches its reporter."""
