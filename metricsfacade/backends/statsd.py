@@ -50,12 +50,12 @@ class StreamTransport:
     stream = True
 
     def __init__(self, settings: StatsdSettings) -> None:
-        self._settings = settings
+        self.settings = settings
         self._client: statsd.TCPStatsClient | statsd.UnixSocketStatsClient | None = None
 
     def send(self, payload: bytes) -> None:
         if self._client is None:
-            settings = self._settings
+            settings = self.settings
             if settings.protocol == "tcp":
                 client: statsd.TCPStatsClient | statsd.UnixSocketStatsClient = (
                     statsd.TCPStatsClient(
@@ -84,7 +84,7 @@ class StatsdBackend(Backend):
     name = "statsd"
 
     def __init__(self, settings: StatsdSettings, common_labels: dict[str, str]) -> None:
-        self._settings = settings
+        self.settings = settings
         self._common = tuple(common_labels.items())
         if settings.protocol == "udp":
             transport: UdpTransport | StreamTransport = UdpTransport(settings.host, settings.port)
@@ -110,7 +110,7 @@ class StatsdBackend(Backend):
     def _template(
         self, spec: MetricSpec, values: tuple[str, ...], *, signed: bool = False
     ) -> bytes:
-        settings = self._settings
+        settings = self.settings
         tags = (*self._common, *zip(spec.label_names, values, strict=True))
         rate = settings.sample_rate if spec.kind is Kind.COUNTER else 1.0
         template = LineTemplate(
@@ -126,7 +126,7 @@ class StatsdBackend(Backend):
     def counter(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
         template = self._template(spec, label_values)
         add = self._buffer.add
-        rate = self._settings.sample_rate
+        rate = self.settings.sample_rate
         if rate >= 1:
 
             def inc(amount: float) -> None:
