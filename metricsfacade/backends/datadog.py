@@ -96,9 +96,10 @@ class DatadogBackend(Backend):
         add = self._buffer.add
         rate = self._settings.sample_rate
         if rate >= 1:
+            one = template % 1  # inc() by 1 is the common case: its line is made once
 
             def inc(amount: float) -> None:
-                add(template % amount)
+                add(one if amount == 1 else template % amount)
 
             return inc
 

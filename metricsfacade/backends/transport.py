@@ -1,16 +1,18 @@
 """Buffered, fork-safe delivery of StatsD lines over UDP, TCP or Unix sockets.
 
-Recording threads only append bytes to a packet under a lock: they never touch a socket.
-A full packet (``max_packet_size`` bytes, lines joined by newlines) is queued and a flusher
-thread sends it; the flusher also sends the partial packet every ``flush_interval``, and
-``close()`` sends everything left. A missing agent costs dropped lines, counted through
-``report_drop``, never an exception or a stall in the application; a failed connection is
-retried with exponential backoff. After ``os.fork()`` the child starts with an empty buffer
-(so the parent's lines are never sent twice), a socket of its own and a new flusher thread.
+Recording threads only append a line to a queue (no lock, no syscall). A flusher thread packs
+queued lines into packets of at most ``max_packet_size`` bytes (lines joined by newlines,
+never split) and sends them: whenever enough lines wait to fill packets, every
+``flush_interval`` for what is left, and on ``flush()``/``close()``. A missing agent costs
+dropped lines, counted through ``report_drop``, never an exception or a stall in the
+application; a failed connection is retried with exponential backoff. After ``os.fork()`` the
+child starts with an empty queue (the parent's lines are never sent twice), a socket of its
+own and a flusher thread of its own.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -25,8 +27,10 @@ logger = logging.getLogger("metricsfacade.transport")
 ReportDrop = Callable[[str, int], None]
 MIN_BACKOFF_SECS = 0.1
 MAX_BACKOFF_SECS = 30.0
-#: Packets waiting for the flusher beyond this are dropped (the agent is not keeping up).
-MAX_QUEUED_PACKETS = 1024
+#: Lines waiting beyond this are dropped and counted (the agent is not keeping up).
+MAX_QUEUED_LINES = 100_000
+#: Queued lines that wake the flusher before its interval: a few packets' worth.
+WAKE_AT_LINES = 256
 
 
 class Transport(Protocol):
@@ -67,7 +71,7 @@ class Backoff:
 
 
 class LineBuffer:
-    """Packs lines into packets and hands them to a flusher thread (see the module doc)."""
+    """Queues lines from any thread and sends them in packets (see the module docstring)."""
 
     def __init__(
         self,
@@ -79,43 +83,44 @@ class LineBuffer:
     ) -> None:
         self._backoff = Backoff(transport)
         self._terminator = b"\n" if transport.stream else b""
-        self._max = max_packet_size
+        self._max = max_packet_size - len(self._terminator)
         self._interval = flush_interval
         self._report_drop = report_drop
         self._name = name
-        self._lock = threading.Lock()
-        self._lines: list[bytes] = []
-        self._size = 0
-        self._packets: deque[bytes] = deque()
-        self._pending_drops = 0  # lines of packets refused because the queue was full
-        self._wake = threading.Event()
         self._closed = False
         self._warned = False
-        self._thread: threading.Thread | None = None
+        self._reset_state()
         self._start_flusher()
         _FORK_SAFE.add(self)
+
+    def _reset_state(self) -> None:
+        self._lines: deque[bytes] = deque()
+        self._overflowed = itertools.count()  # next() is atomic: a lock-free drop counter
+        self._overflow_reported = 0
+        self._wake = threading.Event()
+        self._send_lock = threading.Lock()  # one packer at a time: flusher, flush(), close()
+        self._partial: list[bytes] = []
+        self._partial_size = 0
 
     def set_report_drop(self, report_drop: ReportDrop) -> None:
         self._report_drop = report_drop
 
     def add(self, line: bytes) -> None:
-        """Buffer one line; called on the record path, so it only appends."""
-        length = len(line)
-        with self._lock:
-            if self._lines and self._size + 1 + length > self._max:
-                self._seal()
-            if length <= self._max:
-                self._size += length + (1 if self._lines else 0)
-                self._lines.append(line)
-                return
-        self._drop("line_too_long", 1)
+        """Queue one line. The record path: a length check and an append."""
+        lines = self._lines
+        if len(lines) < WAKE_AT_LINES:
+            lines.append(line)
+            return
+        if len(lines) < MAX_QUEUED_LINES:
+            lines.append(line)
+        else:
+            next(self._overflowed)
+        if not self._wake.is_set():
+            self._wake.set()
 
     def flush(self) -> None:
-        """Send everything buffered now, from the calling thread."""
-        with self._lock:
-            if self._lines:
-                self._seal()
-        self._send_queued()
+        """Send everything queued now, from the calling thread."""
+        self._send(final=True)
 
     def close(self) -> None:
         """Stop the flusher and send what is left. Idempotent."""
@@ -123,69 +128,77 @@ class LineBuffer:
             return
         self._closed = True
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
         self.flush()
         self._backoff.transport.reset()
 
-    # -- internals ----------------------------------------------------------------------
-
-    def _seal(self) -> None:
-        """Move the current lines into the send queue. Caller holds the lock."""
-        packet = b"\n".join(self._lines) + self._terminator
-        count = len(self._lines)
-        self._lines = []
-        self._size = 0
-        if len(self._packets) >= MAX_QUEUED_PACKETS:
-            self._pending_drops += count
-        else:
-            self._packets.append(packet)
-        self._wake.set()
+    # -- the flusher ----------------------------------------------------------------------
 
     def _start_flusher(self) -> None:
-        self._thread = threading.Thread(
+        self._thread: threading.Thread | None = threading.Thread(
             target=self._run, name=f"metricsfacade-{self._name}-flush", daemon=True
         )
         self._thread.start()
 
     def _run(self) -> None:
-        next_partial = time.monotonic() + self._interval
+        next_tick = time.monotonic() + self._interval
         while not self._closed:
-            self._wake.wait(max(0.0, next_partial - time.monotonic()))
+            woken = self._wake.wait(max(0.0, next_tick - time.monotonic()))
             self._wake.clear()
             if self._closed:
-                break
-            if time.monotonic() >= next_partial:
-                next_partial = time.monotonic() + self._interval
-                with self._lock:
-                    if self._lines:
-                        self._seal()
-            self._send_queued()
-
-    def _send_queued(self) -> None:
-        with self._lock:
-            overflow, self._pending_drops = self._pending_drops, 0
-        if overflow:
-            self._drop("queue_full", overflow)
-        while True:
-            try:
-                packet = self._packets.popleft()
-            except IndexError:
                 return
-            try:
-                self._backoff.send(packet)
-            except OSError as exc:
-                lines = packet.count(b"\n") + (0 if self._terminator else 1)
-                reason = "agent_unavailable" if isinstance(exc, AgentUnavailable) else "send_failed"
-                if not self._warned and reason == "send_failed":
-                    self._warned = True
-                    logger.warning(
-                        "metricsfacade: the %s backend cannot send (%s); lines are dropped and "
-                        "counted in metricsfacade_backend_dropped_total until it recovers",
-                        self._name,
-                        exc,
-                    )
-                self._drop(reason, lines)
+            tick = not woken or time.monotonic() >= next_tick
+            if tick:
+                next_tick = time.monotonic() + self._interval
+            self._send(final=tick)
+
+    def _send(self, final: bool) -> None:
+        """Pack queued lines and send full packets; with ``final``, the last partial one too."""
+        drops: dict[str, int] = {}
+        with self._send_lock:
+            lines = self._lines
+            while True:
+                try:
+                    line = lines.popleft()
+                except IndexError:
+                    break
+                length = len(line)
+                if length > self._max:
+                    drops["line_too_long"] = drops.get("line_too_long", 0) + 1
+                    continue
+                if self._partial and self._partial_size + 1 + length > self._max:
+                    self._send_packet(drops)
+                self._partial_size += length + (1 if self._partial else 0)
+                self._partial.append(line)
+            if final and self._partial:
+                self._send_packet(drops)
+            overflowed = next(self._overflowed) - self._overflow_reported
+            self._overflow_reported += overflowed + 1  # +1: the next() just above
+        if overflowed:
+            drops["queue_full"] = overflowed
+        for reason, count in drops.items():  # outside the lock: reporting records a metric
+            self._drop(reason, count)
+
+    def _send_packet(self, drops: dict[str, int]) -> None:
+        packet = b"\n".join(self._partial) + self._terminator
+        count = len(self._partial)
+        self._partial = []
+        self._partial_size = 0
+        try:
+            self._backoff.send(packet)
+        except OSError as exc:
+            reason = "agent_unavailable" if isinstance(exc, AgentUnavailable) else "send_failed"
+            drops[reason] = drops.get(reason, 0) + count
+            if not self._warned and reason == "send_failed":
+                self._warned = True
+                logger.warning(
+                    "metricsfacade: the %s backend cannot send (%s); lines are dropped and "
+                    "counted in metricsfacade_backend_dropped_total until it recovers",
+                    self._name,
+                    exc,
+                )
 
     def _drop(self, reason: str, count: int) -> None:
         try:
@@ -194,14 +207,10 @@ class LineBuffer:
             logger.debug("metricsfacade: reporting dropped lines failed", exc_info=True)
 
     def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._lines = []
-        self._size = 0
-        self._packets = deque()
-        self._pending_drops = 0
+        self._reset_state()
         self._backoff = Backoff(self._backoff.transport)
         self._backoff.transport.reset()
+        self._thread = None
         if not self._closed:
             self._start_flusher()
 
