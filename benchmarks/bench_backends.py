@@ -71,12 +71,21 @@ def _setup(port: int) -> dict[str, Any]:
 #: (row, statement, setup statement run once per timing, target ns or None)
 ROWS = [
     ("statsd incr(), one datagram per call", 'raw_statsd.incr("bench.requests")', None),
-    ("statsd incr() in a 50-op pipeline",
-     'pipeline.incr("bench.requests")\nif len(pipeline._stats) >= 50: pipeline.send()', None),
-    ("DogStatsd increment, 3 tags, unbuffered",
-     'dog_unbuffered.increment("bench.requests", tags=TAGS)', None),
-    ("DogStatsd increment, 3 tags, buffered",
-     'dog_buffered.increment("bench.requests", tags=TAGS)', None),
+    (
+        "statsd incr() in a 50-op pipeline",
+        'pipeline.incr("bench.requests")\nif len(pipeline._stats) >= 50: pipeline.send()',
+        None,
+    ),
+    (
+        "DogStatsd increment, 3 tags, unbuffered",
+        'dog_unbuffered.increment("bench.requests", tags=TAGS)',
+        None,
+    ),
+    (
+        "DogStatsd increment, 3 tags, buffered",
+        'dog_buffered.increment("bench.requests", tags=TAGS)',
+        None,
+    ),
     ("facade -> statsd backend, bound child", "statsd_child.inc()", 1000),
     ("facade -> datadog backend, bound child", "datadog_child.inc()", 1000),
     ("facade -> prometheus backend, bound child", "prometheus_child.inc()", None),
@@ -102,20 +111,25 @@ def measure(rounds: int, number: int) -> list[dict[str, Any]]:
     results = []
     for (row, _, target), values in zip(ROWS, samples, strict=True):
         median = statistics.median(values)
-        results.append({
-            "operation": row,
-            "ns_per_op": round(median, 1),
-            "target_ns": target,
-            "meets_target": None if target is None else median <= target,
-        })
+        results.append(
+            {
+                "operation": row,
+                "ns_per_op": round(median, 1),
+                "target_ns": target,
+                "meets_target": None if target is None else median <= target,
+            }
+        )
     return results
 
 
 def print_table(results: list[dict[str, Any]]) -> None:
     print(f"{'operation (counter increment)':45} {'ns/op':>8}  target")
     for row in results:
-        target = "-" if row["target_ns"] is None else (
-            f"<= {row['target_ns']} {'ok' if row['meets_target'] else 'MISSED'}")
+        target = (
+            "-"
+            if row["target_ns"] is None
+            else (f"<= {row['target_ns']} {'ok' if row['meets_target'] else 'MISSED'}")
+        )
         print(f"{row['operation']:45} {row['ns_per_op']:8.0f}  {target}")
 
 
