@@ -20,8 +20,6 @@ from metricsfacade.backends.base import Backend
 from metricsfacade.config import ConfigSource, MetricsConfig, load_config
 from metricsfacade.errors import ConfigError, MetricsError
 from metricsfacade.facade import Metrics
-from metricsfacade.handles import Counter
-from metricsfacade.spec import Kind, make_spec
 
 CHECK_METRIC = "metricsfacade_check_total"
 EXIT_OK, EXIT_BACKEND_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
@@ -78,8 +76,7 @@ def _describe(config: MetricsConfig, out: TextIO) -> None:
 
 
 def _check_backends(facade: Metrics, config: MetricsConfig) -> list[Verdict]:
-    spec = make_spec(CHECK_METRIC, "Sent by `metricsfacade check`", Kind.COUNTER, internal=True)
-    facade._declare(Counter, spec).inc()  # the reserved metricsfacade_ prefix: ours
+    facade._internal_counter(CHECK_METRIC, "Sent by `metricsfacade check`").inc()
     facade.flush()
     checks: dict[str, Callable[[Metrics, Backend], Verdict]] = {
         "prometheus": _check_prometheus,

@@ -65,35 +65,20 @@ class Metrics:
         self._strict = False
         self._reported: set[tuple[str, str]] = set()
         self._exit_hook_registered = False
-        self._dropped = self._declare(
-            Counter,
-            make_spec(
-                "metricsfacade_dropped_total",
-                "Recordings dropped because they were invalid or a backend failed",
-                Kind.COUNTER,
-                ["metric", "reason"],
-                internal=True,
-            ),
+        self._dropped = self._internal_counter(
+            "metricsfacade_dropped_total",
+            "Recordings dropped because they were invalid or a backend failed",
+            ["metric", "reason"],
         )
-        self._overflowed = self._declare(
-            Counter,
-            make_spec(
-                "metricsfacade_cardinality_overflow_total",
-                "Recordings folded into a metric's overflow series past the cardinality limit",
-                Kind.COUNTER,
-                ["metric"],
-                internal=True,
-            ),
+        self._overflowed = self._internal_counter(
+            "metricsfacade_cardinality_overflow_total",
+            "Recordings folded into a metric's overflow series past the cardinality limit",
+            ["metric"],
         )
-        self._undelivered = self._declare(
-            Counter,
-            make_spec(
-                "metricsfacade_backend_dropped_total",
-                "Lines a push backend could not deliver (agent down, queue full, too long)",
-                Kind.COUNTER,
-                ["backend", "reason"],
-                internal=True,
-            ),
+        self._undelivered = self._internal_counter(
+            "metricsfacade_backend_dropped_total",
+            "Lines a push backend could not deliver (agent down, queue full, too long)",
+            ["backend", "reason"],
         )
         if config is not None:
             self.configure(config, environ=environ)
@@ -105,15 +90,17 @@ class Metrics:
     ) -> Metrics:
         """(Re)configure from a dict, a MetricsConfig, a TOML path, or defaults plus env.
 
-        Closes the previous backends and endpoint, then binds every declared metric to the
-        new backends. Raises ConfigError, MissingExtraError or EndpointError.
+        Builds the new backends, closes the previous ones and the endpoint, then binds every
+        declared metric to the new backends. Raises ConfigError or MissingExtraError (the old
+        setup keeps running), or EndpointError (the facade is left unconfigured).
         """
         config = load_config(source, environ=environ)
         with self._lock:
             for handle in self._handles.values():
                 _check_common_labels(handle.spec, config)
-            self._teardown()
+            # Built before the old ones close, so a failure here leaves the old setup serving.
             backends = tuple(create_backends(config)) if config.enabled else ()
+            self._teardown()
             self._config = config
             self._backends = backends
             for backend in backends:
@@ -206,6 +193,10 @@ class Metrics:
     ) -> Timer:
         """Declare (or get) a histogram of seconds with ``.time()``; name it ``*_seconds``."""
         return self._declare(Timer, make_spec(name, help, Kind.TIMER, labels, buckets))
+
+    def _internal_counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
+        """metricsfacade's own counters: the reserved prefix, exempt from the series cap."""
+        return self._declare(Counter, make_spec(name, help, Kind.COUNTER, labels, internal=True))
 
     def _declare(self, handle_type: type[H], spec: MetricSpec) -> H:
         with self._lock:

@@ -313,3 +313,13 @@ def test_missing_extra_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "metricsfacade.backends.prometheus")
     with pytest.raises(mf.MissingExtraError, match=r"pip install 'metricsfacade\[prometheus\]'"):
         mf.Metrics({"port": None, "backends": ["prometheus"]}, environ={})
+
+
+def test_a_backend_that_cannot_be_built_leaves_the_old_setup_recording(m, monkeypatch):
+    counter = m.counter("demo_requests_total", "Requests")
+    monkeypatch.setitem(sys.modules, "statsd", None)
+    monkeypatch.delitem(sys.modules, "metricsfacade.backends.statsd", raising=False)
+    with pytest.raises(mf.MissingExtraError, match=r"metricsfacade\[statsd\]"):
+        m.configure({"port": None, "backends": ["memory", "statsd"]}, environ={})
+    counter.inc()
+    assert m.backend("memory").value("demo_requests_total") == 1
