@@ -148,10 +148,12 @@ class StatsdBackend(Backend):
         add = self._buffer.add
 
         def set_gauge(value: float) -> None:
-            if value < 0:  # "-N|g" alone would be a delta: reset to 0 first, in one unit
-                add(zero + b"\n" + delta % value)
-            else:
+            if value > 0:
                 add(absolute % value)
+            elif value == 0:  # -0.0 too: "-0|g" would be a delta of nothing
+                add(zero)
+            else:  # "-N|g" alone would be a delta: reset to 0 first, in one unit
+                add(zero + b"\n" + delta % value)
 
         def add_to_gauge(amount: float) -> None:
             add(delta % amount)
