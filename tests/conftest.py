@@ -5,16 +5,26 @@
 - ``start_prometheus`` (per test) / ``start_prometheus_module`` (per module): factories.
   Call ``start({"job": "http://127.0.0.1:PORT/metrics"})`` once the endpoints to scrape
   exist; it returns a ready :class:`sinks.PrometheusServer`, stopped at teardown.
+- ``statsd_install``: ``(node, stats.js)`` of the Etsy StatsD daemon; missing ones skip the
+  test, or fail it under ``REQUIRE_REAL_SINKS=1`` (run scripts/install-test-deps).
+- ``statsd_daemon`` (per test): a fresh, ready :class:`sinks.StatsdDaemon` (UDP ``port``,
+  TCP ``tcp_port``, management ``mgmt_port``), stopped at teardown. A daemon starts in
+  0.2-0.4 s, so every test gets its own and no test sees another's counters or bad lines.
+  Its UDP socket asks for an 8 MB receive buffer (see ``sinks.UDP_SERVER_JS``: the stock
+  one drops most of a burst of datagrams); it never flushes during a test.
+- ``start_statsd`` (per test): a factory, ``start_statsd()``, for tests needing several.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 
 import pytest
 import sinks
 
 StartPrometheus = Callable[[Mapping[str, str]], sinks.PrometheusServer]
+StartStatsd = Callable[[], sinks.StatsdDaemon]
 
 
 @pytest.fixture(scope="session")
@@ -59,3 +69,35 @@ def start_prometheus_module(
 ) -> Iterator[StartPrometheus]:
     """Start Prometheus servers that live until the end of the test module."""
     yield from _prometheus_factory(prometheus_bin, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def statsd_install() -> tuple[str, Path]:
+    return sinks.require_statsd()
+
+
+@pytest.fixture
+def start_statsd(
+    statsd_install: tuple[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[StartStatsd]:
+    """Start StatsD daemons that live until the end of the test."""
+    node, stats_js = statsd_install
+    daemons: list[sinks.StatsdDaemon] = []
+
+    def start() -> sinks.StatsdDaemon:
+        workdir = tmp_path_factory.mktemp("statsd")
+        daemon = sinks.start_statsd_daemon(workdir, node=node, stats_js=stats_js)
+        daemons.append(daemon)
+        return daemon
+
+    try:
+        yield start
+    finally:
+        for daemon in reversed(daemons):
+            daemon.stop()
+
+
+@pytest.fixture
+def statsd_daemon(start_statsd: StartStatsd) -> sinks.StatsdDaemon:
+    """A fresh StatsD daemon for this test."""
+    return start_statsd()

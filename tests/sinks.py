@@ -1,9 +1,11 @@
-"""Start and query real external sinks (a Prometheus server, promtool) from tests.
+"""Start and query real external sinks (a Prometheus server, promtool, the Etsy StatsD
+daemon) from tests.
 
 Standard library only, so importing this module (conftest.py does) stays cheap.
 
-A missing executable skips the test, unless the environment variable ``REQUIRE_REAL_SINKS``
-is set to ``1`` (CI does): then it fails, so CI can never silently skip a real-sink test.
+A missing executable (or StatsD install) skips the test, unless the environment variable
+``REQUIRE_REAL_SINKS`` is set to ``1`` (CI does): then it fails, so CI can never silently skip
+a real-sink test.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,7 +23,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -44,7 +47,11 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is not None:
         return path
-    message = f"{name!r} is not on PATH ({os.environ.get('PATH', '')!r})"
+    unavailable(f"{name!r} is not on PATH ({os.environ.get('PATH', '')!r})")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test because a real sink is missing, or fail it under REQUIRE_REAL_SINKS=1."""
     if sinks_required():
         pytest.fail(f"{REQUIRE_ENV}=1 but {message}", pytrace=False)
     pytest.skip(f"{message}; set {REQUIRE_ENV}=1 to make this a failure")
@@ -296,3 +303,491 @@ def describe_run(result: subprocess.CompletedProcess[str], stdin: bytes = b"") -
     if stdin:
         text += f"\nstdin:\n{stdin.decode(errors='replace')}"
     return text
+
+
+# -- the Etsy StatsD daemon ----------------------------------------------------------------
+
+#: Where scripts/install-test-deps installs the daemon with npm (``TEST_SINKS_DIR`` overrides).
+SINKS_DIR_ENV = "TEST_SINKS_DIR"
+DEFAULT_SINKS_DIR = Path.home() / ".cache" / "metricsfacade" / "sinks"
+STATSD_PACKAGE = Path("node_modules") / "statsd"
+#: Long enough that no flush ever runs during a test. In 0.9.0 a flush (with
+#: ``deleteIdleStats: false``) sets every counter back to 0 (``statsd.*`` ones included) and
+#: empties every timer list, keeping gauges (checked with a 1 s interval), which would make
+#: what the management port shows depend on timing.
+STATSD_FLUSH_INTERVAL_MS = 1_000_000
+STATSD_READY_TIMEOUT_SECS = 10.0
+#: How long to wait for UDP lines to be processed by the daemon.
+STATSD_WAIT_SECS = 5.0
+STATSD_POLL_SECS = 0.02
+#: The daemon's own counters (prefix ``statsd``); they are in every ``counters`` answer.
+STATSD_BAD_LINES = "statsd.bad_lines_seen"
+STATSD_PACKETS = "statsd.packets_received"
+STATSD_METRICS = "statsd.metrics_received"
+STATSD_OWN_COUNTERS = frozenset({STATSD_BAD_LINES, STATSD_PACKETS, STATSD_METRICS})
+#: util.inspect (which the management port uses) shows at most this many array items.
+INSPECT_MAX_ARRAY_LENGTH = 100
+
+
+def statsd_package_dir() -> Path:
+    """The installed npm package (it may not exist: see :func:`require_statsd`)."""
+    base = os.environ.get(SINKS_DIR_ENV, "").strip()
+    return (Path(base) if base else DEFAULT_SINKS_DIR) / STATSD_PACKAGE
+
+
+def require_statsd() -> tuple[str, Path]:
+    """``(node, stats.js)``; skip the test if either is missing (fail under CI)."""
+    stats_js = statsd_package_dir() / "stats.js"
+    if not stats_js.is_file():
+        unavailable(
+            f"the StatsD daemon is not installed ({stats_js} does not exist): run "
+            f"scripts/install-test-deps (it installs statsd@0.9.0 with npm under "
+            f"${SINKS_DIR_ENV}, default {DEFAULT_SINKS_DIR})"
+        )
+    return require_tool("node"), stats_js
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    """A UDP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+#: The daemon's stock ``servers/udp.js`` with one change: the socket asks for a large receive
+#: buffer (Node's ``recvBufferSize``) and logs the size it got once bound. With the default
+#: buffer (``net.core.rmem_default``, 212,992 bytes here) the kernel holds only ~92 datagrams
+#: (each costs ~2,304 bytes of buffer, whatever its size up to 1,432 bytes), and a client
+#: that sends a burst of full datagrams faster than Node reads them loses the rest (the
+#: ``drops`` column of /proc/net/udp counts them). Production StatsD hosts raise the buffer
+#: for the same reason. The kernel caps the request at ``net.core.rmem_max`` (doubled).
+UDP_SERVER_JS = """\
+const dgram = require('dgram');
+exports.start = function (config, callback) {
+  const server = dgram.createSocket(
+    {type: config.address_ipv6 ? 'udp6' : 'udp4', recvBufferSize: config.recvBufferSize},
+    callback);
+  server.on('listening', function () {
+    process.stdout.write('metricsfacade-tests: udp receive buffer: ' +
+      server.getRecvBufferSize() + ' bytes\\n');
+  });
+  server.bind(config.port || 8125, config.address || undefined);
+  this.server = server;
+  return true;
+};
+"""
+UDP_BUFFER_LOG_RE = re.compile(r"metricsfacade-tests: udp receive buffer: (\d+) bytes")
+#: Receive buffer asked for the daemon's UDP socket (the kernel may grant less).
+STATSD_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
+#: Receive-buffer bytes one datagram of up to 1,432 bytes costs on Linux (its skb truesize),
+#: measured: a 212,992-byte buffer holds 92 of them.
+UDP_DATAGRAM_BUFFER_COST = 2304
+
+
+def statsd_config(
+    port: int, tcp_port: int, mgmt_port: int, udp_server: str = "./servers/udp"
+) -> dict[str, Any]:
+    """UDP on ``port`` (served by ``udp_server``) and TCP (``servers/tcp``: newline-terminated
+    lines) on ``tcp_port``, the management console on ``mgmt_port``, all on 127.0.0.1; no
+    flush during a test."""
+    address = "127.0.0.1"
+    return {
+        "port": port,
+        "address": address,
+        "servers": [
+            {
+                "server": udp_server,
+                "address": address,
+                "port": port,
+                "recvBufferSize": STATSD_UDP_RECEIVE_BUFFER,
+            },
+            {"server": "./servers/tcp", "address": address, "port": tcp_port},
+        ],
+        "mgmt_address": address,
+        "mgmt_port": mgmt_port,
+        "flushInterval": STATSD_FLUSH_INTERVAL_MS,
+        "backends": ["./backends/console"],
+        "deleteIdleStats": False,
+        "automaticConfigReload": False,
+    }
+
+
+class StatsdDaemon:
+    """A running Etsy StatsD daemon. Always ``stop()`` it (the fixtures do).
+
+    ``port`` takes UDP datagrams, ``tcp_port`` TCP streams; ``mgmt_port`` is the management
+    console that :func:`mgmt` talks to.
+    """
+
+    host = "127.0.0.1"
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        *,
+        port: int,
+        tcp_port: int,
+        mgmt_port: int,
+        log_path: Path,
+        config_path: Path,
+    ) -> None:
+        self.process = process
+        self.port = port
+        self.tcp_port = tcp_port
+        self.mgmt_port = mgmt_port
+        self.log_path = log_path
+        self.config_path = config_path
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def counters(self) -> dict[str, float]:
+        result: dict[str, float] = mgmt(self, "counters")
+        return result
+
+    def gauges(self) -> dict[str, float]:
+        result: dict[str, float] = mgmt(self, "gauges")
+        return result
+
+    def timers(self) -> dict[str, list[float]]:
+        result: dict[str, list[float]] = mgmt(self, "timers")
+        return result
+
+    def health(self) -> str:
+        result: str = mgmt(self, "health")
+        return result
+
+    @property
+    def udp_receive_buffer(self) -> int:
+        """The receive buffer (bytes) the daemon's UDP socket got, as its server logged."""
+        match = UDP_BUFFER_LOG_RE.search(self.log_path.read_text(errors="replace"))
+        if match is None:
+            raise AssertionError(f"the UDP server did not log its buffer\n{self.diagnostics()}")
+        return int(match.group(1))
+
+    def udp_datagram_capacity(self) -> int:
+        """How many datagrams the UDP socket's buffer holds while the daemon is not reading."""
+        return self.udp_receive_buffer // UDP_DATAGRAM_BUFFER_COST
+
+    @property
+    def bad_lines_seen(self) -> int:
+        """Lines the daemon could not parse since it started: ``messages.bad_lines_seen`` of
+        ``stats``, the same count as the ``statsd.bad_lines_seen`` counter except that a
+        flush never resets it."""
+        return int(mgmt(self, "stats")["messages.bad_lines_seen"])
+
+    @property
+    def metrics_received(self) -> float:
+        """``statsd.metrics_received``: lines received, valid or not."""
+        return self.counters()[STATSD_METRICS]
+
+    def user_counters(self) -> dict[str, float]:
+        """The counters without the daemon's own ``statsd.*`` ones."""
+        return {k: v for k, v in self.counters().items() if k not in STATSD_OWN_COUNTERS}
+
+    def wait_until(
+        self,
+        command: str,
+        predicate: Callable[[Any], bool],
+        timeout: float = STATSD_WAIT_SECS,
+    ) -> Any:
+        """Poll ``mgmt(self, command)`` until ``predicate(answer)`` holds, and return the
+        answer. After ``timeout`` s the last answer is returned anyway: assert on it, so the
+        failure shows what the daemon had (UDP is asynchronous; lost lines never arrive)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = mgmt(self, command)
+            if predicate(answer) or time.monotonic() >= deadline:
+                return answer
+            if self.process.poll() is not None:
+                raise AssertionError(f"the StatsD daemon exited\n{self.diagnostics()}")
+            time.sleep(STATSD_POLL_SECS)
+
+    def wait_for_key(self, command: str, key: str, timeout: float = STATSD_WAIT_SECS) -> Any:
+        """Poll until ``key`` shows up in ``counters``/``gauges``/``timers``; return the
+        whole answer. Fails, with the daemon's keys and log, if it never does."""
+        answer = self.wait_until(command, lambda found: key in found, timeout)
+        if key not in answer:
+            raise AssertionError(
+                f"{key!r} never showed up in the daemon's {command} after {timeout:g} s; "
+                f"it has {sorted(answer)}\n{self.diagnostics()}"
+            )
+        return answer
+
+    def wait_for(
+        self, command: str, expected: Mapping[str, Any], timeout: float = STATSD_WAIT_SECS
+    ) -> Any:
+        """Poll until every ``expected`` key has its expected value (timer lists compared as
+        multisets), then return the answer; after ``timeout`` s return the last answer."""
+
+        def reached(answer: Mapping[str, Any]) -> bool:
+            return all(
+                key in answer and _same_value(answer[key], value) for key, value in expected.items()
+            )
+
+        return self.wait_until(command, reached, timeout)
+
+    def wait_for_lines(self, count: float, timeout: float = STATSD_WAIT_SECS) -> dict[str, float]:
+        """Poll until ``statsd.metrics_received`` reaches ``count``; return the counters."""
+        counters: dict[str, float] = self.wait_until(
+            "counters", lambda found: found[STATSD_METRICS] >= count, timeout
+        )
+        return counters
+
+    # -- diagnostics -----------------------------------------------------------------------
+
+    def udp_drops(self) -> int | None:
+        """Datagrams the kernel dropped for the daemon's UDP socket (its receive buffer was
+        full), from /proc/net/udp; None where that file does not exist."""
+        return udp_socket_drops(self.port)
+
+    def log_tail(self, lines: int = 40) -> str:
+        return log_tail(self.log_path, lines)
+
+    def diagnostics(self) -> str:
+        return (
+            f"statsd daemon udp={self.port} tcp={self.tcp_port} mgmt={self.mgmt_port} "
+            f"(exit code {self.process.poll()}), kernel UDP drops: {self.udp_drops()}\n"
+            f"statsd log ({self.log_path}):\n{self.log_tail()}"
+        )
+
+    def stop(self) -> None:
+        """Terminate the process and wait for it (kill it if it does not exit in 10 s)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+    def __repr__(self) -> str:
+        return (
+            f"<StatsdDaemon udp={self.port} tcp={self.tcp_port} mgmt={self.mgmt_port} "
+            f"pid={self.process.pid}>"
+        )
+
+
+def _same_value(found: Any, expected: Any) -> bool:
+    if isinstance(expected, (list, tuple)):
+        return isinstance(found, list) and sorted(found) == sorted(expected)
+    return bool(found == expected)
+
+
+def start_statsd_daemon(
+    workdir: Path,
+    *,
+    node: str | None = None,
+    stats_js: Path | None = None,
+    attempts: int = 3,
+) -> StatsdDaemon:
+    """Start the Etsy StatsD daemon on free loopback ports and wait until its management
+    console answers ``health`` and its UDP socket is bound. Files (config, log) go in
+    ``workdir``. Without ``node``/``stats_js`` it finds them, skipping the test (failing it
+    under REQUIRE_REAL_SINKS=1) when they are missing. Retries on other ports if one was
+    taken in the meantime."""
+    if node is None or stats_js is None:
+        node, stats_js = require_statsd()
+    package_dir = stats_js.parent
+    udp_server = workdir / "udp_server.js"
+    udp_server.write_text(UDP_SERVER_JS)
+    for attempt in range(1, attempts + 1):
+        port, tcp_port, mgmt_port = free_udp_port(), free_port(), free_port()
+        if tcp_port == mgmt_port:
+            continue
+        config_path = workdir / f"statsd-{attempt}.js"
+        config = statsd_config(port, tcp_port, mgmt_port, udp_server=str(udp_server))
+        # JSON is a JavaScript object literal: the daemon evals the file.
+        config_path.write_text(json.dumps(config, indent=2))
+        log_path = workdir / f"statsd-{attempt}.log"
+        command = [node, str(stats_js), str(config_path)]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                command,
+                cwd=package_dir,  # the config names backends and servers relative to it
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        daemon = StatsdDaemon(
+            process,
+            port=port,
+            tcp_port=tcp_port,
+            mgmt_port=mgmt_port,
+            log_path=log_path,
+            config_path=config_path,
+        )
+        try:
+            if _wait_statsd_ready(daemon):
+                return daemon
+        except BaseException:
+            daemon.stop()
+            raise
+        daemon.stop()
+        tail = daemon.log_tail()
+        if "EADDRINUSE" not in tail or attempt == attempts:
+            raise AssertionError(
+                f"the StatsD daemon did not become ready (exit code {process.returncode}); "
+                f"command: {' '.join(command)} (cwd {package_dir})\n"
+                f"config:\n{config_path.read_text()}\nlog ({log_path}):\n{tail}"
+            )
+    raise AssertionError("could not pick distinct free ports")  # pragma: no cover
+
+
+def _wait_statsd_ready(daemon: StatsdDaemon, timeout: float = STATSD_READY_TIMEOUT_SECS) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.process.poll() is not None:
+            return False
+        try:
+            healthy = mgmt(daemon, "health", timeout=1.0) == "up"
+        except OSError:
+            healthy = False
+        # The UDP socket is bound asynchronously too: its server logs when it is.
+        if healthy and UDP_BUFFER_LOG_RE.search(daemon.log_path.read_text(errors="replace")):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+_PROC_NET_UDP = Path("/proc/net/udp")
+
+
+def udp_socket_drops(port: int, host: str = "127.0.0.1") -> int | None:
+    """The ``drops`` column of /proc/net/udp for the socket bound to ``host:port``, or None
+    when there is no such socket (or no /proc)."""
+    local = f"{socket.inet_aton(host)[::-1].hex().upper()}:{port:04X}"
+    try:
+        rows = _PROC_NET_UDP.read_text().splitlines()[1:]
+    except OSError:
+        return None
+    for row in rows:
+        fields = row.split()
+        if len(fields) >= 13 and fields[1] == local:
+            return int(fields[-1])
+    return None
+
+
+def mgmt(daemon: StatsdDaemon, command: str, timeout: float = 5.0) -> Any:
+    """Send a management command to the daemon and parse the answer.
+
+    - ``counters`` / ``gauges``: ``{key: number}``; ``timers``: ``{key: [ms, ...]}`` (the
+      daemon prints them with Node's util.inspect, parsed by :func:`parse_inspected`);
+    - ``health``: ``"up"`` or ``"down"``;
+    - ``stats``: ``{"messages.bad_lines_seen": "0", ...}`` (text values).
+    """
+    text = mgmt_raw(daemon.host, daemon.mgmt_port, command, timeout)
+    if command in ("counters", "gauges", "timers"):
+        return parse_inspected(text.removesuffix("END\n\n"))
+    if command.startswith("health"):
+        label, _, status = text.strip().partition(": ")
+        if label != "health":
+            raise AssertionError(f"unexpected answer to {command!r}: {text!r}")
+        return status
+    if command == "stats":
+        pairs = (line.partition(": ") for line in text.splitlines() if ": " in line)
+        return {key: value for key, _, value in pairs}
+    return text
+
+
+def mgmt_raw(host: str, port: int, command: str, timeout: float = 5.0) -> str:
+    """The text the management console answers to ``command`` (one connection each)."""
+    # health answers one line; the listing commands end with "END" and a blank line.
+    terminator = b"\n" if command.startswith("health") else b"END\n\n"
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.sendall(command.encode() + b"\n")
+        data = b""
+        while not data.endswith(terminator):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data.endswith(terminator):
+        raise AssertionError(f"truncated answer to {command!r}: {data!r}")
+    return data.decode()
+
+
+# util.inspect output: {} objects whose keys are identifiers or quoted strings, numbers
+# (also -0, 1e+21, NaN, Infinity) and arrays. Enough for what the daemon prints.
+_INSPECT_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<string>'(?:[^'\\]|\\.)*'|"(?:[^"\\]|\\.)*"|`(?:[^`\\]|\\.)*`)
+      | (?P<more>\.\.\.\ \d+\ more\ items?)
+      | (?P<number>[-+]?(?:Infinity|NaN|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?))
+      | (?P<name>[A-Za-z_$][\w$]*)
+      | (?P<punct>[{}\[\]:,])
+    )""",
+    re.VERBOSE,
+)
+_JS_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "b": "\b", "f": "\f", "v": "\v", "0": "\0"}
+
+
+def parse_inspected(text: str) -> Any:
+    """Parse what Node's ``util.inspect`` prints for an object of numbers or of arrays of
+    numbers (the daemon's ``counters``, ``gauges`` and ``timers``). Anything else, and an
+    array util.inspect cut short (``... N more items``), raises ValueError."""
+    tokens: list[tuple[str, str]] = []
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        match = _INSPECT_TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            raise ValueError(f"cannot parse util.inspect output at {position}: {text!r}")
+        kind = match.lastgroup
+        assert kind is not None
+        if kind == "more":
+            raise ValueError(
+                f"util.inspect cut an array short ({match.group(kind)!r}): it prints at most "
+                f"{INSPECT_MAX_ARRAY_LENGTH} items, so keep fewer values per timer key"
+            )
+        tokens.append((kind, match.group(kind)))
+        position = match.end()
+        while position < len(text) and text[position].isspace():
+            position += 1
+    value, end = _parse_value(tokens, 0)
+    if end != len(tokens):
+        raise ValueError(f"trailing text after the value: {text!r}")
+    return value
+
+
+def _parse_value(tokens: list[tuple[str, str]], index: int) -> tuple[Any, int]:
+    if index >= len(tokens):
+        raise ValueError("unexpected end of util.inspect output")
+    kind, token = tokens[index]
+    if kind == "number":
+        return float(token.replace("Infinity", "inf")), index + 1
+    if kind == "string":
+        return _unquote(token), index + 1
+    if token in ("{", "["):
+        closing = "}" if token == "{" else "]"
+        items: list[Any] = []
+        pairs: dict[str, Any] = {}
+        index += 1
+        while tokens[index][1] != closing:
+            if token == "{":
+                key_kind, key = tokens[index]
+                if key_kind not in ("name", "string", "number") or tokens[index + 1][1] != ":":
+                    raise ValueError(f"expected 'key:' in util.inspect output, got {key!r}")
+                pairs[_unquote(key) if key_kind == "string" else key], index = _parse_value(
+                    tokens, index + 2
+                )
+            else:
+                item, index = _parse_value(tokens, index)
+                items.append(item)
+            if tokens[index][1] == ",":
+                index += 1
+            elif tokens[index][1] != closing:
+                raise ValueError(f"expected ',' or {closing!r}, got {tokens[index][1]!r}")
+        return (pairs if token == "{" else items), index + 1
+    raise ValueError(f"unexpected token {token!r} in util.inspect output")
+
+
+def _unquote(token: str) -> str:
+    body, out, index = token[1:-1], [], 0
+    while index < len(body):
+        char = body[index]
+        if char == "\\" and index + 1 < len(body):
+            index += 1
+            char = _JS_ESCAPES.get(body[index], body[index])
+        out.append(char)
+        index += 1
+    return "".join(out)

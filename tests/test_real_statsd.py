@@ -1,0 +1,585 @@
+"""metricsfacade against the real Etsy StatsD daemon 0.9.0 (no mocks): real UDP and TCP.
+
+Every test gets its own daemon (``statsd_daemon``, ready in ~0.2 s) and reads back what it
+holds through the management console (``counters``, ``gauges``, ``timers``), so values are
+compared exactly and the daemon's ``statsd.bad_lines_seen`` must stay 0. What the daemon does
+with a line, from its source (stats.js, 0.9.0):
+
+- DogStatsD tags ``|#k:v,k2:v2`` become the key ``name;k=v;k2=v2`` (in the order sent), and
+  the whole key is then sanitized: whitespace -> ``_``, ``/`` -> ``-``, and every character
+  outside ``[a-zA-Z0-9_.;=-]`` removed;
+- ``ms`` lines are timers (a list of the values, negative ones are bad lines); every other
+  type but ``g`` and ``s`` (so ``h`` and ``d``) is counted as a counter;
+- a gauge value with a sign is a delta, unless the gauge is unset or 0.
+
+Missing node or daemon skip these tests, or fail them under ``REQUIRE_REAL_SINKS=1``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import pytest
+import sinks
+from prometheus_client.parser import text_string_to_metric_families
+
+import metricsfacade as mf
+
+NewFacade = Callable[..., mf.Metrics]
+StartStatsd = Callable[[], sinks.StatsdDaemon]
+UDP_MAX_PACKET = 1432  # the library's default datagram size (statsd.UDP_MAX_PACKET)
+
+
+@pytest.fixture
+def new_facade() -> Iterator[NewFacade]:
+    """Facades without an HTTP endpoint, ignoring METRICSFACADE_* variables, closed at the
+    end of the test (a test may close them earlier to flush)."""
+    started: list[mf.Metrics] = []
+
+    def new(**config: Any) -> mf.Metrics:
+        metrics = mf.Metrics({"port": None, **config}, environ={})
+        started.append(metrics)
+        return metrics
+
+    yield new
+    for metrics in started:
+        metrics.close()
+
+
+@pytest.fixture
+def no_dd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DogStatsd reads DD_* variables (DD_ENV, DD_SERVICE... become tags): none here."""
+    for name in [
+        "DATADOG_TAGS",
+        "DD_AGENT_HOST",
+        "DD_DOGSTATSD_PORT",
+        "DD_DOGSTATSD_URL",
+        "DD_ENTITY_ID",
+        "DD_ENV",
+        "DD_SERVICE",
+        "DD_VERSION",
+    ]:
+        monkeypatch.delenv(name, raising=False)
+
+
+def statsd_to(daemon: sinks.StatsdDaemon, **settings: Any) -> dict[str, Any]:
+    statsd = {"host": daemon.host, "port": daemon.port, **settings}
+    return {"backends": ["statsd"], "statsd": statsd}
+
+
+def running_sum(amounts: list[float]) -> float:
+    """The sum in the order the daemon adds (Python 3.12's sum() compensates rounding)."""
+    total = 0.0
+    for amount in amounts:
+        total += amount
+    return total
+
+
+def settled_counters(daemon: sinks.StatsdDaemon, expected: Mapping[str, float]) -> dict[str, Any]:
+    """The daemon's counters (without its own statsd.*) once ``expected`` is reached, or
+    after the polling timeout."""
+    counters = daemon.wait_for("counters", expected)
+    return {k: v for k, v in counters.items() if k not in sinks.STATSD_OWN_COUNTERS}
+
+
+def settled_gauges(daemon: sinks.StatsdDaemon, expected: Mapping[str, float]) -> dict[str, Any]:
+    return dict(daemon.wait_for("gauges", expected))
+
+
+def settled_timers(
+    daemon: sinks.StatsdDaemon, expected: Mapping[str, list[float]]
+) -> dict[str, list[float]]:
+    """Timer lists, sorted (the values are compared as multisets)."""
+    timers = daemon.wait_for("timers", expected)
+    return {key: sorted(values) for key, values in timers.items()}
+
+
+def sorted_lists(timers: Mapping[str, list[float]]) -> dict[str, list[float]]:
+    return {key: sorted(values) for key, values in timers.items()}
+
+
+def assert_no_bad_lines(daemon: sinks.StatsdDaemon) -> None:
+    assert daemon.bad_lines_seen == 0, daemon.diagnostics()
+
+
+# -- StatsD backend over UDP ----------------------------------------------------------------
+
+REQUEST_AMOUNTS = [1, 1, 2, 0.5, 0.1, 0.2]
+
+
+def record_catalog(metrics: mf.Metrics) -> None:
+    """Counters with labels (floats too), gauges (set, inc, dec, negative values), a
+    histogram and a timer; see ``catalog_expectations`` for what the daemon must hold."""
+    requests = metrics.counter("shadowcat_requests_total", "Requests", ["method", "status"])
+    ping = requests.labels("ping", "ok")
+    for amount in REQUEST_AMOUNTS:
+        ping.inc(amount)
+    requests.labels(method="tools/call", status="error").inc(3)
+    requests.labels("ping", "ok").inc(-1)  # dropped by the facade: never sent
+
+    sessions = metrics.gauge("shadowcat_active_sessions", "Sessions", ["transport"])
+    stdio = sessions.labels("stdio")
+    stdio.set(10)
+    stdio.inc(5)
+    stdio.dec(3)
+    stdio.inc(0.5)
+    http = sessions.labels("http")
+    http.set(4)
+    http.set(-7.25)  # from a positive value to a negative one: must not be a delta
+    sse = sessions.labels("sse")
+    sse.set(-2)
+    sse.dec(1.5)  # a delta from a negative value
+    ws = sessions.labels("ws")
+    ws.set(-5)
+    ws.set(6)  # from a negative value back to a positive one
+    # Negative from the very first line.
+    metrics.gauge("shadowcat_temperature_celsius", "Temperature").set(-12.5)
+
+    sizes = metrics.histogram(
+        "shadowcat_message_size_bytes", "Sizes", ["direction"], buckets=[100, 1000]
+    )
+    for size in (512, 2048, 0):
+        sizes.labels("in").observe(size)
+    duration = metrics.timer("shadowcat_request_duration_seconds", "Latency", ["method"])
+    for seconds in (0.25, 1.5, 0.0125):
+        duration.labels("ping").observe(seconds)
+
+
+def catalog_expectations(prefix: str = "") -> tuple[dict[str, float], ...]:
+    """(counters, gauges, timers) the daemon holds after ``record_catalog``."""
+    p = f"{prefix}." if prefix else ""
+    counters = {
+        f"{p}shadowcat.requests;method=ping;status=ok": running_sum(REQUEST_AMOUNTS),
+        # The daemon turns "/" into "-" in keys.
+        f"{p}shadowcat.requests;method=tools-call;status=error": 3,
+        # The facade's own count of the dropped inc(-1) goes to every backend too.
+        f"{p}metricsfacade.dropped;metric=shadowcat_requests_total;reason=negative_value": 1,
+    }
+    gauges = {
+        f"{p}shadowcat.active_sessions;transport=stdio": 12.5,
+        f"{p}shadowcat.active_sessions;transport=http": -7.25,
+        f"{p}shadowcat.active_sessions;transport=sse": -3.5,
+        f"{p}shadowcat.active_sessions;transport=ws": 6,
+        f"{p}shadowcat.temperature_celsius": -12.5,
+    }
+    timers = {
+        f"{p}shadowcat.message_size_bytes;direction=in": [0, 512, 2048],
+        # Timers drop "_seconds" and are sent in milliseconds.
+        f"{p}shadowcat.request_duration;method=ping": [12.5, 250, 1500],
+    }
+    return counters, gauges, timers
+
+
+@pytest.mark.sink
+def test_statsd_udp_values_arrive_exactly(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    metrics = new_facade(**statsd_to(statsd_daemon))
+    record_catalog(metrics)
+    metrics.flush()
+
+    counters, gauges, timers = catalog_expectations()
+    assert settled_counters(statsd_daemon, counters) == counters, statsd_daemon.diagnostics()
+    assert settled_gauges(statsd_daemon, gauges) == gauges, statsd_daemon.diagnostics()
+    assert settled_timers(statsd_daemon, timers) == timers, statsd_daemon.diagnostics()
+    assert_no_bad_lines(statsd_daemon)
+
+
+@pytest.mark.sink
+def test_statsd_lines_are_batched_into_datagrams(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    """Nothing is sent before a flush (the flush interval is long), then one datagram holds
+    every line: 12 lines recorded, 1 packet received."""
+    metrics = new_facade(**statsd_to(statsd_daemon, flush_interval_secs=60))
+    record_catalog(metrics)
+    # 6 + 1 counter lines, the facade's count of the dropped inc(-1), 4 + 3 + 3 + 3 + 2 gauge
+    # lines (a negative set is 2 lines: 0, then the negative value), 6 ms.
+    lines = 7 + 1 + 15 + 6
+    assert statsd_daemon.counters()[sinks.STATSD_PACKETS] == 0
+    metrics.flush()
+    counters = statsd_daemon.wait_for_lines(lines)
+    assert counters[sinks.STATSD_METRICS] == lines, statsd_daemon.diagnostics()
+    assert counters[sinks.STATSD_PACKETS] == 1, statsd_daemon.diagnostics()
+    assert_no_bad_lines(statsd_daemon)
+
+
+@pytest.mark.sink
+def test_statsd_gauge_set_to_negative_zero_ends_at_zero(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    """``set(-0.0)`` (``round(-0.04, 1)``, ``-1 * 0.0``...) must set the gauge to 0, as
+    Prometheus does; a line ``-0|g`` is a delta of 0 that leaves the old value in place."""
+    metrics = new_facade(**{**statsd_to(statsd_daemon), "backends": ["statsd", "prometheus"]})
+    level = metrics.gauge("shadowcat_queue_depth", "Queue depth")
+    level.set(5)
+    level.set(round(-0.04, 1))  # -0.0
+    # Sent after the gauge lines, in the same datagram: once it is in, so are they.
+    metrics.counter("shadowcat_sentinel_total", "Sentinel").inc()
+    metrics.flush()
+    exposition = metrics.backend("prometheus").render(None)[0].decode()
+    assert "shadowcat_queue_depth -0.0" in exposition  # Prometheus: 0 (IEEE -0.0 == 0)
+    statsd_daemon.wait_for_key("counters", "shadowcat.sentinel")
+    gauges = statsd_daemon.gauges()
+    assert gauges == {"shadowcat.queue_depth": 0}, (
+        f"the StatsD backend sent set(-0.0) as a delta: {statsd_daemon.diagnostics()}"
+    )
+
+
+@pytest.mark.sink
+def test_statsd_sampled_counters_are_scaled_back(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    """With ``sample_rate = 0.25`` a kept increment goes out as ``1|c|@0.25`` and the daemon
+    counts it 4 times. The facade draws from ``random.random()``: replayed here."""
+    seed, rate, increments = 20240601, 0.25, 400
+    metrics = new_facade(**statsd_to(statsd_daemon, sample_rate=rate))
+    child = metrics.counter("shadowcat_requests_total", "Requests", ["method"]).labels("ping")
+    random.seed(seed)
+    for _ in range(increments):
+        child.inc()
+    metrics.flush()
+    replay = random.Random(seed)
+    kept = sum(1 for _ in range(increments) if replay.random() < rate)
+    assert 0 < kept < increments
+    expected = {"shadowcat.requests;method=ping": kept / rate}
+    assert settled_counters(statsd_daemon, expected) == expected, statsd_daemon.diagnostics()
+    assert statsd_daemon.metrics_received == kept
+    assert_no_bad_lines(statsd_daemon)
+
+
+@pytest.mark.sink
+def test_statsd_folded_names_with_prefix(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    """``tag_format = "none"``: label values (common labels first) folded into the dotted
+    name after the prefix; dots and spaces in values become ``_``, an empty value ``_``."""
+    metrics = new_facade(
+        **statsd_to(statsd_daemon, tag_format="none", prefix="myapp.prod"),
+        common_labels={"service": "shadowcat"},
+    )
+    record_catalog(metrics)
+    requests = metrics.counter("shadowcat_requests_total", "Requests", ["method", "status"])
+    requests.labels("v1.2 beta", "").inc(2)
+    metrics.flush()
+
+    base = "myapp.prod.shadowcat"
+    counters = {
+        f"{base}.requests.shadowcat.ping.ok": running_sum(REQUEST_AMOUNTS),
+        f"{base}.requests.shadowcat.tools-call.error": 3,
+        f"{base}.requests.shadowcat.v1_2_beta._": 2,
+        "myapp.prod.metricsfacade.dropped.shadowcat.shadowcat_requests_total.negative_value": 1,
+    }
+    gauges = {
+        f"{base}.active_sessions.shadowcat.stdio": 12.5,
+        f"{base}.active_sessions.shadowcat.http": -7.25,
+        f"{base}.active_sessions.shadowcat.sse": -3.5,
+        f"{base}.active_sessions.shadowcat.ws": 6,
+        f"{base}.temperature_celsius.shadowcat": -12.5,
+    }
+    timers = {
+        f"{base}.message_size_bytes.shadowcat.in": [0, 512, 2048],
+        f"{base}.request_duration.shadowcat.ping": [12.5, 250, 1500],
+    }
+    assert settled_counters(statsd_daemon, counters) == counters, statsd_daemon.diagnostics()
+    assert settled_gauges(statsd_daemon, gauges) == gauges, statsd_daemon.diagnostics()
+    assert settled_timers(statsd_daemon, timers) == timers, statsd_daemon.diagnostics()
+    assert_no_bad_lines(statsd_daemon)
+
+
+HOSTILE = "a|b:c#d,e\nf@g;h=i"
+
+
+@pytest.mark.sink
+@pytest.mark.parametrize(
+    ("tag_format", "key"),
+    [
+        ("dogstatsd", "shadowcat.requests;method=a_b_c_d_e_f_g_h_i"),
+        ("none", "shadowcat.requests.a_b_c_d_e_f_g_h_i"),
+    ],
+)
+def test_statsd_hostile_label_values_cannot_break_lines(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade, tag_format: str, key: str
+) -> None:
+    """A label value holding every separator of the wire format stays one series: no bad
+    line, no extra key, the other series unaffected."""
+    metrics = new_facade(**statsd_to(statsd_daemon, tag_format=tag_format))
+    requests = metrics.counter("shadowcat_requests_total", "Requests", ["method"])
+    requests.labels(HOSTILE).inc(2)
+    requests.labels("ping").inc()
+    requests.labels(HOSTILE).inc(3)
+    metrics.flush()
+    separator = ";method=" if tag_format == "dogstatsd" else "."
+    expected = {key: 5, f"shadowcat.requests{separator}ping": 1}
+    assert settled_counters(statsd_daemon, expected) == expected, statsd_daemon.diagnostics()
+    assert statsd_daemon.metrics_received == 3
+    assert_no_bad_lines(statsd_daemon)
+
+
+# -- StatsD backend over TCP ----------------------------------------------------------------
+
+
+@pytest.mark.sink
+def test_statsd_tcp_values_and_stream_framing(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    """``protocol = "tcp"`` against the daemon's ``servers/tcp`` (it splits the stream at
+    newlines): the catalog arrives exactly, and so do 6,000 more lines, which span many
+    8 KB payloads (each must end with a newline, or lines merge at the joins)."""
+    metrics = new_facade(
+        backends=["statsd"],
+        statsd={"host": statsd_daemon.host, "port": statsd_daemon.tcp_port, "protocol": "tcp"},
+    )
+    record_catalog(metrics)
+    bulk = metrics.counter("shadowcat_bulk_total", "Bulk", ["n"])
+    children = [bulk.labels(str(n)) for n in range(30)]
+    for i in range(6_000):
+        children[i % 30].inc()
+    metrics.close()  # flushes, then closes the connection
+
+    counters, gauges, timers = catalog_expectations()
+    counters |= {f"shadowcat.bulk;n={n}": 200 for n in range(30)}
+    assert settled_counters(statsd_daemon, counters) == counters, statsd_daemon.diagnostics()
+    assert settled_gauges(statsd_daemon, gauges) == gauges, statsd_daemon.diagnostics()
+    assert settled_timers(statsd_daemon, timers) == timers, statsd_daemon.diagnostics()
+    assert_no_bad_lines(statsd_daemon)
+
+
+# -- Datadog backend --------------------------------------------------------------------------
+
+
+@pytest.mark.sink
+@pytest.mark.usefixtures("no_dd_environment")
+@pytest.mark.parametrize("histogram_type", ["h", "d"])
+def test_datadog_backend_against_the_daemon(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade, histogram_type: str
+) -> None:
+    """DogStatsD lines: counters and gauges exact (the backend tracks gauges and sends
+    absolute values); the daemon counts ``h`` and ``d`` lines as counters, so a histogram or
+    timer series holds the sum of its observations (milliseconds for timers)."""
+    metrics = new_facade(
+        backends=["datadog"],
+        datadog={
+            "host": statsd_daemon.host,
+            "port": statsd_daemon.port,
+            "histogram_type": histogram_type,
+            "namespace": "dd",
+            "constant_tags": {"env": "test"},
+        },
+    )
+    requests = metrics.counter("shadowcat_requests_total", "Requests", ["method", "status"])
+    for amount in REQUEST_AMOUNTS:
+        requests.labels("ping", "ok").inc(amount)
+    requests.labels("tools/call", "error").inc(3)
+    sessions = metrics.gauge("shadowcat_active_sessions", "Sessions", ["transport"])
+    stdio = sessions.labels("stdio")
+    stdio.set(10)
+    stdio.inc(5)
+    stdio.dec(3)
+    stdio.inc(0.5)
+    http = sessions.labels("http")
+    http.inc(7)  # never set: starts from 0
+    http.dec(2)
+    sizes = metrics.histogram("shadowcat_message_size_bytes", "Sizes", ["direction"])
+    for size in (512, 2048, 0):
+        sizes.labels("in").observe(size)
+    duration = metrics.timer("shadowcat_request_duration_seconds", "Latency", ["method"])
+    for seconds in (0.25, 1.5, 0.0125):
+        duration.labels("ping").observe(seconds)
+    metrics.flush()
+
+    tags = "env=test"
+    counters = {
+        f"dd.shadowcat.requests;{tags};method=ping;status=ok": running_sum(REQUEST_AMOUNTS),
+        f"dd.shadowcat.requests;{tags};method=tools-call;status=error": 3,
+        f"dd.shadowcat.message_size_bytes;{tags};direction=in": 512 + 2048 + 0,
+        f"dd.shadowcat.request_duration;{tags};method=ping": running_sum([250, 1500, 12.5]),
+    }
+    gauges = {
+        f"dd.shadowcat.active_sessions;{tags};transport=stdio": 12.5,
+        f"dd.shadowcat.active_sessions;{tags};transport=http": 5,
+    }
+    assert settled_counters(statsd_daemon, counters) == counters, statsd_daemon.diagnostics()
+    assert settled_gauges(statsd_daemon, gauges) == gauges, statsd_daemon.diagnostics()
+    assert statsd_daemon.timers() == {}  # only ms lines make timers
+    assert_no_bad_lines(statsd_daemon)
+
+
+# -- several backends at once ---------------------------------------------------------------
+
+
+def prometheus_samples(metrics: mf.Metrics) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """``{(sample name, labels): value}`` of the Prometheus backend's exposition."""
+    text = metrics.backend("prometheus").render(None)[0].decode()
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+@pytest.mark.sink
+@pytest.mark.usefixtures("no_dd_environment")
+def test_prometheus_statsd_and_datadog_agree(
+    start_statsd: StartStatsd, new_facade: NewFacade
+) -> None:
+    """One recorded sequence fanned out to three backends: Prometheus, StatsD (daemon A) and
+    Datadog (daemon B) end with the same values."""
+    daemon_a, daemon_b = start_statsd(), start_statsd()
+    metrics = new_facade(
+        backends=["prometheus", "statsd", "datadog"],
+        common_labels={"service": "shadowcat"},
+        statsd={"host": daemon_a.host, "port": daemon_a.port},
+        datadog={"host": daemon_b.host, "port": daemon_b.port, "histogram_type": "h"},
+    )
+    requests = metrics.counter("shadowcat_requests_total", "Requests", ["method"])
+    sessions = metrics.gauge("shadowcat_active_sessions", "Sessions", ["transport"])
+    sizes = metrics.histogram("shadowcat_message_size_bytes", "Sizes", buckets=[100, 1000])
+    duration = metrics.timer("shadowcat_request_duration_seconds", "Latency", ["method"])
+    methods = ("ping", "tools/list", "tools/call")
+    for i in range(60):
+        method = methods[i % 3]
+        requests.labels(method).inc(1 + i % 4 * 0.25)
+        sessions.labels("stdio").inc(2)
+        if i % 3 == 0:
+            sessions.labels("stdio").dec()
+        sizes.observe(i * 37)
+        duration.labels(method).observe(i % 7 / 8)  # 0 .. 0.75 s, exact in binary
+    sessions.labels("http").set(42)
+    sessions.labels("http").dec(0.5)
+    metrics.flush()
+
+    prom = prometheus_samples(metrics)
+    service = ("service", "shadowcat")
+
+    def prom_value(name: str, **labels: str) -> float:
+        return prom[(name, frozenset({service, *labels.items()}))]
+
+    keys_a: dict[str, float] = {}
+    keys_b: dict[str, float] = {}
+    timers_a: dict[str, list[float]] = {}
+    for method in methods:
+        key = f"shadowcat.requests;service=shadowcat;method={method.replace('/', '-')}"
+        keys_a[key] = keys_b[key] = prom_value("shadowcat_requests_total", method=method)
+        key = f"shadowcat.request_duration;service=shadowcat;method={method.replace('/', '-')}"
+        keys_b[key] = prom_value("shadowcat_request_duration_seconds_sum", method=method) * 1000
+        timers_a[key] = [i % 7 / 8 * 1000 for i in range(60) if methods[i % 3] == method]
+        assert len(timers_a[key]) == prom_value(
+            "shadowcat_request_duration_seconds_count", method=method
+        )
+    keys_b["shadowcat.message_size_bytes;service=shadowcat"] = prom_value(
+        "shadowcat_message_size_bytes_sum"
+    )
+    timers_a["shadowcat.message_size_bytes;service=shadowcat"] = [i * 37 for i in range(60)]
+    assert len(timers_a["shadowcat.message_size_bytes;service=shadowcat"]) == prom_value(
+        "shadowcat_message_size_bytes_count"
+    )
+    gauges = {
+        f"shadowcat.active_sessions;service=shadowcat;transport={transport}": prom_value(
+            "shadowcat_active_sessions", transport=transport
+        )
+        for transport in ("stdio", "http")
+    }
+    assert gauges == {
+        "shadowcat.active_sessions;service=shadowcat;transport=stdio": 100,
+        "shadowcat.active_sessions;service=shadowcat;transport=http": 41.5,
+    }
+
+    assert settled_counters(daemon_a, keys_a) == keys_a, daemon_a.diagnostics()
+    assert settled_counters(daemon_b, keys_b) == keys_b, daemon_b.diagnostics()
+    assert settled_gauges(daemon_a, gauges) == gauges, daemon_a.diagnostics()
+    assert settled_gauges(daemon_b, gauges) == gauges, daemon_b.diagnostics()
+    assert settled_timers(daemon_a, timers_a) == sorted_lists(timers_a), daemon_a.diagnostics()
+    assert daemon_b.timers() == {}
+    assert_no_bad_lines(daemon_a)
+    assert_no_bad_lines(daemon_b)
+
+
+# -- a large burst ----------------------------------------------------------------------------
+
+BURST_INCREMENTS = 20_000
+BURST_SERIES = 50
+
+
+@pytest.mark.sink
+def test_statsd_udp_burst_arrives_complete(
+    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+) -> None:
+    """20,000 increments over 50 label sets, recorded as fast as Python can (~30 ms, about
+    800 full datagrams): the daemon's totals equal what was recorded, to the unit.
+
+    UDP loses datagrams only where a receive buffer overflows. The daemon's stock socket
+    (212,992 bytes here, ~92 datagrams) overflows on such a burst: ~85 % of it was lost,
+    counted in the ``drops`` column of /proc/net/udp. The fixture's daemon asks for an 8 MB
+    buffer (capped by ``net.core.rmem_max``); the burst goes out in chunks that fit the
+    buffer the daemon actually got, waiting for the daemon between chunks: one chunk where
+    rmem_max allows 8 MB (4 MB is granted double), more on a machine with a smaller one.
+    """
+    metrics = new_facade(**statsd_to(statsd_daemon))
+    requests = metrics.counter("shadowcat_requests_total", "Requests", ["method", "client"])
+    children = [requests.labels(f"method{n}", f"client{n}") for n in range(BURST_SERIES)]
+    lines = [
+        f"shadowcat.requests:1|c|#method:method{n},client:client{n}" for n in range(BURST_SERIES)
+    ]
+    per_datagram = UDP_MAX_PACKET // (max(len(line) for line in lines) + 1)
+    capacity = statsd_daemon.udp_datagram_capacity()
+    chunk = min(BURST_INCREMENTS, capacity * per_datagram // 2)  # half: a safety margin
+    assert chunk >= 1_000, f"the daemon's UDP buffer is tiny: {statsd_daemon.diagnostics()}"
+
+    sent = 0
+    while sent < BURST_INCREMENTS:
+        for i in range(sent, min(sent + chunk, BURST_INCREMENTS)):
+            children[i % BURST_SERIES].inc()
+        sent = min(sent + chunk, BURST_INCREMENTS)
+        metrics.flush()
+        statsd_daemon.wait_for_lines(sent)
+
+    expected = {
+        f"shadowcat.requests;method=method{n};client=client{n}": BURST_INCREMENTS / BURST_SERIES
+        for n in range(BURST_SERIES)
+    }
+    # Also: no metricsfacade.backend_dropped key (the library dropped nothing either).
+    assert settled_counters(statsd_daemon, expected) == expected, statsd_daemon.diagnostics()
+    counters = statsd_daemon.counters()
+    assert counters[sinks.STATSD_METRICS] == BURST_INCREMENTS, statsd_daemon.diagnostics()
+    assert statsd_daemon.udp_drops() in (0, None), statsd_daemon.diagnostics()
+    # Datagrams hold at most 1,432 bytes, and are packed: never more than twice the minimum.
+    payload = sum(len(lines[i % BURST_SERIES]) + 1 for i in range(BURST_INCREMENTS))
+    fewest = math.ceil(payload / (UDP_MAX_PACKET + 1))
+    assert fewest <= counters[sinks.STATSD_PACKETS] <= 2 * fewest, counters
+    assert_no_bad_lines(statsd_daemon)
+
+
+# -- the harness itself -----------------------------------------------------------------------
+
+
+def test_parse_inspected_reads_what_node_prints() -> None:
+    """The management console prints util.inspect output; shapes seen from Node 20."""
+    counters = (
+        "{\n  'statsd.bad_lines_seen': 0,\n  'a.b;method=GET;status=ok': 3.5,\n"
+        "  n: 1e+21,\n  'x-y': -0,\n  big: Infinity\n}\n"
+    )
+    assert sinks.parse_inspected(counters) == {
+        "statsd.bad_lines_seen": 0,
+        "a.b;method=GET;status=ok": 3.5,
+        "n": 1e21,
+        "x-y": 0,
+        "big": math.inf,
+    }
+    assert math.copysign(1, sinks.parse_inspected("{ g: -0 }")["g"]) == -1
+    assert sinks.parse_inspected("{}") == {}
+    timers = (
+        "{\n  't.x;k=v': [ 250, 1.5 ],\n  empty: [],\n  many: [\n     0,  1,\n    12, 13\n  ]\n}"
+    )
+    assert sinks.parse_inspected(timers) == {
+        "t.x;k=v": [250, 1.5],
+        "empty": [],
+        "many": [0, 1, 12, 13],
+    }
+    with pytest.raises(ValueError, match="cut an array short"):
+        sinks.parse_inspected("{ t: [\n 1, 2,\n ... 20 more items\n] }")
+    with pytest.raises(ValueError, match="cannot parse"):
+        sinks.parse_inspected("{ t: <ref *1> }")
