@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import attrs
 
 from metricsfacade.backends import create_backends
-from metricsfacade.backends.base import Backend, RecordFn
+from metricsfacade.backends.base import Backend, RecordFn, ValueOutOfRange
 from metricsfacade.config import ConfigSource, MetricsConfig, load_config
 from metricsfacade.endpoint import Endpoint
 from metricsfacade.errors import DeclarationError, RecordError
@@ -95,27 +95,32 @@ class Metrics:
         setup keeps running), or EndpointError (the facade is left unconfigured).
         """
         config = load_config(source, environ=environ)
+        failure: BaseException | None = None
         with self._lock:
             for handle in self._handles.values():
                 _check_common_labels(handle.spec, config)
             # Built before the old ones close, so a failure here leaves the old setup serving.
             backends = tuple(create_backends(config)) if config.enabled else ()
-            self._teardown()
+            retired = self._detach()
             self._config = config
             self._backends = backends
-            for backend in backends:
-                backend.set_drop_reporter(self._drop_reporter(backend.name))
             self._strict = config.strict
             self._limit = config.cardinality_limit
             for handle in self._handles.values():
                 self._bind(handle)
+            for backend in backends:
+                backend.set_drop_reporter(self._drop_reporter(backend))
             if config.enabled and config.port is not None:
                 try:
                     self._endpoint = self._start_endpoint(config)
-                except BaseException:
-                    self._teardown()
+                except BaseException as exc:
+                    retired += self._detach()
                     self._config = None
-                    raise
+                    self._rebind_all()
+                    failure = exc
+        _close_backends(retired)
+        if failure is not None:
+            raise failure
         self._register_exit_hook()
         return self
 
@@ -155,8 +160,12 @@ class Metrics:
     def close(self) -> None:
         """Flush and close the backends and stop the endpoint. Recording becomes a no-op."""
         with self._lock:
-            self._teardown()
+            retired = self._detach()
             self._config = None
+        _close_backends(retired)  # still wired: what they drop while closing gets counted
+        with self._lock:
+            if self._config is None:
+                self._rebind_all()
 
     def __enter__(self) -> Metrics:
         return self
@@ -274,8 +283,13 @@ class Metrics:
     def _series_ops(
         self, handle: MetricHandle[Any], factory: str, values: tuple[str, ...]
     ) -> list[tuple[str, Any]]:
+        # A backend's own delivery failures are counted by the others only: sent to the
+        # failing backend, each report would itself be dropped and counted, without end.
+        own_failures = values[0] if handle is self._undelivered else None
         ops = []
         for backend in self._backends:
+            if backend.name == own_failures:
+                continue
             try:
                 ops.append((backend.name, getattr(backend, factory)(handle.bound_spec, values)))
             except Exception as exc:
@@ -301,6 +315,8 @@ class Metrics:
             for backend_name, op in ops:
                 try:
                     op(value)
+                except ValueOutOfRange as exc:
+                    self._reject(handle, "out_of_range", f"{backend_name}: {exc}")
                 except Exception as exc:  # one backend's failure never reaches the others
                     backend_failed(handle, backend_name, exc)
 
@@ -375,9 +391,17 @@ class Metrics:
             )
         return handle._overflow
 
-    def _drop_reporter(self, backend: str) -> Callable[[str, int], None]:
+    def _drop_reporter(self, backend: Backend) -> Callable[[str, int], None]:
+        """Counts a backend's undeliverable lines. The children are bound now, so reporting
+        from a flusher thread never waits for the facade's lock."""
+        bound = {
+            reason: self._undelivered.labels(backend.name, reason)
+            for reason in backend.drop_reasons
+        }
+
         def report(reason: str, count: int) -> None:
-            self._undelivered.labels(backend, reason).inc(count)
+            child = bound.get(reason) or self._undelivered.labels(backend.name, reason)
+            child.inc(count)
 
         return report
 
@@ -417,8 +441,11 @@ class Metrics:
         self._report_once(handle, reason, f"dropped a recording of {handle.spec.name!r}: {detail}")
 
     def _record_failed(self, handle: MetricHandle[Any], exc: Exception, value: object) -> None:
-        if isinstance(value, (int, float)):
-            self._backend_failed(handle, "backend", exc)
+        """The record function of a single backend raised (fan-outs report their own)."""
+        if isinstance(exc, ValueOutOfRange):
+            self._reject(handle, "out_of_range", str(exc))
+        elif isinstance(value, (int, float)):
+            self._backend_failed(handle, self._backends[0].name if self._backends else "a", exc)
         else:
             self._reject(handle, "invalid_value", f"value {value!r} is not a number")
 
@@ -458,26 +485,33 @@ class Metrics:
         endpoint.start()
         return endpoint
 
-    def _teardown(self) -> None:
-        """Stop the endpoint, close the backends, and leave every handle recording nowhere."""
+    def _detach(self) -> tuple[Backend, ...]:
+        """Stop the endpoint and take the backends out; return them for the caller to close
+        once it has released the lock (a closing backend may still report drops, which
+        records a metric). Handles stay wired until the caller binds them again."""
         if self._endpoint is not None:
             self._endpoint.stop()
             self._endpoint = None
         backends, self._backends = self._backends, ()
-        for backend in backends:
-            try:
-                backend.close()
-            except Exception:
-                logger.exception("metricsfacade: closing the %s backend failed", backend.name)
-        if backends:
-            for handle in self._handles.values():
-                self._bind(handle)
+        return backends
+
+    def _rebind_all(self) -> None:
+        for handle in self._handles.values():
+            self._bind(handle)
 
     def _register_exit_hook(self) -> None:
         """Flush push backends at interpreter exit; a weak reference lets the facade die."""
         if not self._exit_hook_registered:
             self._exit_hook_registered = True
             atexit.register(_close_at_exit, weakref.ref(self))
+
+
+def _close_backends(backends: tuple[Backend, ...]) -> None:
+    for backend in backends:
+        try:
+            backend.close()
+        except Exception:
+            logger.exception("metricsfacade: closing the %s backend failed", backend.name)
 
 
 def _close_at_exit(facade_ref: weakref.ref[Metrics]) -> None:

@@ -23,6 +23,11 @@ RecordFn = Callable[[float], None]
 ReportDrop = Callable[[str, int], None]
 
 
+class ValueOutOfRange(ValueError):
+    """A finite value the backend cannot represent (a duration overflowing in milliseconds).
+    The facade counts it as ``out_of_range`` instead of a backend error."""
+
+
 @attrs.frozen
 class GaugeOps:
     """The two ways to change a gauge: set an absolute value, or add a (signed) delta."""
@@ -35,6 +40,8 @@ class Backend(abc.ABC):
     """A metrics sink. Subclasses set ``name`` and implement the series factories."""
 
     name: ClassVar[str]
+    #: the reasons it passes to the drop reporter (the facade binds their series up front)
+    drop_reasons: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
     @abc.abstractmethod

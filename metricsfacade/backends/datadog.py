@@ -10,6 +10,7 @@ deltas); histograms and timers go out as ``h`` or ``d`` with timers in milliseco
 
 from __future__ import annotations
 
+import math
 import random
 import socket
 import struct
@@ -17,12 +18,19 @@ import threading
 
 from datadog.dogstatsd.base import DogStatsd
 
-from metricsfacade.backends.base import Backend, GaugeOps, RecordFn, ReportDrop
+from metricsfacade.backends.base import (
+    Backend,
+    GaugeOps,
+    RecordFn,
+    ReportDrop,
+    ValueOutOfRange,
+)
 from metricsfacade.backends.lines import LineTemplate, dotted_name, statsd_type
-from metricsfacade.backends.transport import LineBuffer
+from metricsfacade.backends.transport import DROP_REASONS, LineBuffer
 from metricsfacade.config import DatadogSettings, MetricsConfig
 from metricsfacade.spec import Kind, MetricSpec
 
+_INF = math.inf
 UDP_MAX_PACKET = 1432
 UDS_MAX_PACKET = 8192
 
@@ -44,6 +52,7 @@ class DogStatsdTransport:
 
 
 class DatadogBackend(Backend):
+    drop_reasons = DROP_REASONS
     name = "datadog"
 
     def __init__(self, settings: DatadogSettings, common_labels: dict[str, str]) -> None:
@@ -122,8 +131,11 @@ class DatadogBackend(Backend):
 
         def add_to_gauge(amount: float) -> None:
             with lock:  # the line sent under the lock, so lines arrive in value order
-                current[0] += amount
-                add(template % current[0])
+                value = current[0] + amount
+                if not -_INF < value < _INF:
+                    raise ValueOutOfRange(f"gauge {current[0]!r} + {amount!r} overflows")
+                current[0] = value
+                add(template % value)
 
         return GaugeOps(set=set_gauge, add=add_to_gauge)
 
@@ -133,7 +145,10 @@ class DatadogBackend(Backend):
         if spec.kind is Kind.TIMER:
 
             def observe_ms(seconds: float) -> None:
-                add(template % (seconds * 1000.0))
+                milliseconds = seconds * 1000.0
+                if not -_INF < milliseconds < _INF:  # only absurd durations overflow
+                    raise ValueOutOfRange(f"{seconds!r} s overflows in milliseconds")
+                add(template % milliseconds)
 
             return observe_ms
 

@@ -12,8 +12,9 @@ So ``shadowcat_requests_total`` is ``shadowcat.requests`` and
 
 Sanitizing: a label value can never break a line. Each of ``| : # , @ ; =``, every control
 character (newlines included) and, where labels are folded into the name (``tag_format =
-"none"``), ``.`` and whitespace are replaced by ``_``; values are cut to 200 characters; an
-empty value becomes ``_`` in a folded name. The same input always gives the same output.
+"none"``), ``.`` and whitespace are replaced by ``_``; values are cut to 200 bytes of UTF-8
+(at a character boundary); an empty value becomes ``_`` in a folded name. The same input
+always gives the same output.
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ from functools import lru_cache
 
 from metricsfacade.spec import Kind, MetricSpec
 
-#: Longest label value sent; longer ones are cut so a line always fits a datagram.
-MAX_TAG_VALUE_LENGTH = 200
+#: Longest label value sent, in UTF-8 bytes: a line with a few cut values still fits a UDP
+#: packet; one that does not is dropped and counted as line_too_long.
+MAX_TAG_VALUE_BYTES = 200
 _UNSAFE = "|:#,@;="
 _FOLDED_UNSAFE = _UNSAFE + "."
 
@@ -51,9 +53,16 @@ def sanitize(value: str, folded: bool = False) -> str:
         or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
         or (folded and char.isspace())
         else char
-        for char in value[:MAX_TAG_VALUE_LENGTH]
+        for char in _cut(value)
     )
     return cleaned or ("_" if folded else "")
+
+
+def _cut(value: str) -> str:
+    encoded = value.encode("utf-8", "surrogatepass")
+    if len(encoded) <= MAX_TAG_VALUE_BYTES:
+        return value
+    return encoded[:MAX_TAG_VALUE_BYTES].decode("utf-8", "ignore")
 
 
 def statsd_type(spec: MetricSpec, histogram_type: str) -> str:
@@ -69,8 +78,9 @@ class LineTemplate:
     """``%``-templates for one series, so recording is a single string format.
 
     ``template % value`` gives ``name:<value>|type[|@rate][|#k:v,...]``; values are
-    formatted with ``%.15g`` (``3``, ``0.25``, ``1e+21``), or ``%+.15g`` when ``signed``
-    (StatsD gauge deltas: ``+3``, ``-3``).
+    formatted with ``%.17g``, enough digits to read back the exact double (``3``, ``0.25``,
+    ``1e+21``, ``0.10000000000000001``), or ``%+.17g`` when ``signed`` (StatsD gauge deltas:
+    ``+3``, ``-3``).
     """
 
     __slots__ = ("key", "template")
@@ -95,7 +105,7 @@ class LineTemplate:
             tag_text = "|#" + ",".join(f"{k}:{sanitize(v)}" for k, v in tags) if tags else ""
         #: the series key as the receiver sees it (name, or the folded name)
         self.key = key
-        number = "%+.15g" if signed else "%.15g"
+        number = "%+.17g" if signed else "%.17g"
         suffix = f"|{metric_type}{rate}{tag_text}".replace("%", "%%")
         self.template = key.replace("%", "%%") + ":" + number + suffix
 

@@ -9,16 +9,26 @@ histograms and timers ``ms`` by default (timers in milliseconds).
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
+import socket
 
 import statsd
 
-from metricsfacade.backends.base import Backend, GaugeOps, RecordFn, ReportDrop
+from metricsfacade.backends.base import (
+    Backend,
+    GaugeOps,
+    RecordFn,
+    ReportDrop,
+    ValueOutOfRange,
+)
 from metricsfacade.backends.lines import LineTemplate, dotted_name, statsd_type
-from metricsfacade.backends.transport import LineBuffer
+from metricsfacade.backends.transport import DROP_REASONS, LineBuffer
 from metricsfacade.config import MetricsConfig, StatsdSettings
 from metricsfacade.spec import Kind, MetricSpec
 
+_INF = math.inf
 UDP_MAX_PACKET = 1432
 STREAM_MAX_PACKET = 8192
 CONNECT_TIMEOUT_SECS = 2.0
@@ -39,9 +49,9 @@ class UdpTransport:
         self._client._sock.sendto(payload, self._client._addr)
 
     def reset(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 class StreamTransport:
@@ -70,17 +80,24 @@ class StreamTransport:
                 client = statsd.UnixSocketStatsClient(
                     settings.socket_path, timeout=CONNECT_TIMEOUT_SECS
                 )
-            client.connect()
+            try:
+                client.connect()
+            except OSError:
+                client.close()  # the client made its socket before connecting
+                raise
             self._client = client
         self._client._sock.sendall(payload)
 
     def reset(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        client, self._client = self._client, None
+        if client is not None and client._sock is not None:
+            with contextlib.suppress(OSError):  # wakes a flusher blocked in sendall()
+                client._sock.shutdown(socket.SHUT_RDWR)
+            client.close()
 
 
 class StatsdBackend(Backend):
+    drop_reasons = DROP_REASONS
     name = "statsd"
 
     def __init__(self, settings: StatsdSettings, common_labels: dict[str, str]) -> None:
@@ -166,7 +183,10 @@ class StatsdBackend(Backend):
         if spec.kind is Kind.TIMER:
 
             def observe_ms(seconds: float) -> None:
-                add(template % (seconds * 1000.0))
+                milliseconds = seconds * 1000.0
+                if not -_INF < milliseconds < _INF:  # only absurd durations overflow
+                    raise ValueOutOfRange(f"{seconds!r} s overflows in milliseconds")
+                add(template % milliseconds)
 
             return observe_ms
 

@@ -25,12 +25,15 @@ from typing import Protocol
 logger = logging.getLogger("metricsfacade.transport")
 
 ReportDrop = Callable[[str, int], None]
+DROP_REASONS = ("send_failed", "agent_unavailable", "queue_full", "line_too_long", "closing")
 MIN_BACKOFF_SECS = 0.1
 MAX_BACKOFF_SECS = 30.0
 #: Lines waiting beyond this are dropped and counted (the agent is not keeping up).
 MAX_QUEUED_LINES = 100_000
-#: Queued lines that wake the flusher before its interval: a few packets' worth.
-WAKE_AT_LINES = 256
+#: How long close() may spend sending what is queued (plus one send's socket timeout).
+CLOSE_TIMEOUT_SECS = 5.0
+#: Queued lines that wake the flusher before its interval: about a full UDP packet's worth.
+WAKE_AT_LINES = 32
 
 
 class Transport(Protocol):
@@ -88,6 +91,7 @@ class LineBuffer:
         self._report_drop = report_drop
         self._name = name
         self._closed = False
+        self._deadline: float | None = None  # set by close(): sending stops past it
         self._warned = False
         self._reset_state()
         self._start_flusher()
@@ -122,17 +126,27 @@ class LineBuffer:
         """Send everything queued now, from the calling thread."""
         self._send(final=True)
 
-    def close(self) -> None:
-        """Stop the flusher and send what is left. Idempotent."""
+    def close(self, timeout: float = CLOSE_TIMEOUT_SECS) -> None:
+        """Stop the flusher and send what is left, giving up after ``timeout`` seconds (plus
+        one send's socket timeout): what is still queued then is counted as ``closing``.
+        Idempotent."""
         if self._closed:
             return
+        self._deadline = time.monotonic() + timeout
         self._closed = True
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        self.flush()
-        self._backoff.transport.reset()
+            thread.join(timeout)
+        if self._send_lock.acquire(timeout=max(0.0, self._deadline - time.monotonic())):
+            self._send_lock.release()
+            self._send(final=True)
+            self._backoff.transport.reset()
+        else:  # the flusher is stuck in a send: count what waits, cut its socket, let it end
+            self._drop("closing", len(self._lines) + len(self._partial))
+            self._backoff.transport.reset()
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(1.0)
 
     # -- the flusher ----------------------------------------------------------------------
 
@@ -160,6 +174,11 @@ class LineBuffer:
         with self._send_lock:
             lines = self._lines
             while True:
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    drops["closing"] = len(lines) + len(self._partial)
+                    lines.clear()
+                    self._partial, self._partial_size = [], 0
+                    break
                 try:
                     line = lines.popleft()
                 except IndexError:
