@@ -43,10 +43,18 @@ class UdpTransport:
 
     def send(self, payload: bytes) -> None:
         if self._client is None:
-            self._client = statsd.StatsClient(self._host, self._port, ipv6=":" in self._host)
+            client = statsd.StatsClient(self._host, self._port, ipv6=":" in self._host)
+            # Connected, the socket hears the ICMP "port unreachable" of an absent agent: the
+            # next send fails with ECONNREFUSED and the lines are counted, not lost unseen.
+            try:
+                client._sock.connect(client._addr)
+            except OSError:
+                client.close()
+                raise
+            self._client = client
         # The client's own _send encodes ASCII and swallows errors; we need UTF-8 and to
-        # count failures, so its socket and resolved address are used directly.
-        self._client._sock.sendto(payload, self._client._addr)
+        # count failures, so its socket is used directly.
+        self._client._sock.send(payload)
 
     def reset(self) -> None:
         client, self._client = self._client, None
