@@ -14,22 +14,20 @@ from metricsfacade.errors import DeclarationError
 METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
-#: prometheus-client's default buckets, used when neither the metric nor the config sets any.
+#: The brief's latency buckets (seconds), for histograms and timers that set none and when
+#: the config sets no ``histogram_buckets``. Slower calls still land in the +Inf bucket.
 DEFAULT_BUCKETS: tuple[float, ...] = (
+    0.001,
     0.005,
     0.01,
     0.025,
     0.05,
-    0.075,
     0.1,
     0.25,
     0.5,
-    0.75,
     1.0,
     2.5,
     5.0,
-    7.5,
-    10.0,
 )
 
 
