@@ -44,6 +44,7 @@ __all__ = [
     "ConfigSource",
     "Counter",
     "CounterChild",
+    "CustomMetrics",
     "DeclarationError",
     "EndpointError",
     "Gauge",
@@ -64,10 +65,15 @@ __all__ = [
     "get_metrics",
     "histogram",
     "load_config",
+    "record",
+    "register_custom_metric",
     "timer",
 ]
 
 _global = Metrics()
+
+# After _global exists: the custom registry binds to it on first use.
+from metricsfacade.custom import CustomMetrics, record, register_custom_metric  # noqa: E402
 
 
 def get_metrics() -> Metrics:

@@ -18,7 +18,7 @@ from typing import Any, Union
 import attrs
 
 from metricsfacade.errors import ConfigError, DeclarationError
-from metricsfacade.spec import DEFAULT_BUCKETS, LABEL_NAME_RE, validate_buckets
+from metricsfacade.spec import DEFAULT_BUCKETS, LABEL_NAME_RE, Kind, make_spec, validate_buckets
 
 PREFIX_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*(\.[a-zA-Z_][a-zA-Z0-9_]*)*\Z")
 
@@ -259,12 +259,90 @@ class PrometheusSettings:
     registry: str = _setting("own", _registry)
 
 
-#: Per-backend tables: the attribute of MetricsConfig and the attrs class that parses it.
-BACKEND_TABLES: dict[str, type[Any]] = {
+#: MCP methods kept as ``method`` label values; others become "other". A trailing "/*"
+#: matches a whole family (``tools/*``: tools/list, tools/call, ...).
+MCP_METHODS = (
+    "initialize",
+    "ping",
+    "tools/*",
+    "resources/*",
+    "prompts/*",
+    "completion/complete",
+    "logging/setLevel",
+    "sampling/createMessage",
+    "elicitation/create",
+    "roots/list",
+    "notifications/*",
+)
+
+
+@attrs.frozen
+class ShadowcatSettings:
+    """The ``[shadowcat]`` table: bounds on label values that come from the network."""
+
+    methods: tuple[str, ...] = _setting(MCP_METHODS, _str_list, _comma_list)
+    #: distinct rate-limited clients named in ``client``; later ones are "other"
+    max_clients: int = _setting(100, lambda v: _int(v, 0), lambda v: _int(_int_text(v), 0))
+
+
+#: Tables: the attribute of MetricsConfig and the attrs class that parses it.
+TABLES: dict[str, type[Any]] = {
     "prometheus": PrometheusSettings,
     "statsd": StatsdSettings,
     "datadog": DatadogSettings,
+    "shadowcat": ShadowcatSettings,
 }
+
+
+@attrs.frozen
+class CustomMetric:
+    """One ``[[custom_metrics]]`` entry: a metric declared by configuration."""
+
+    name: str
+    help: str
+    kind: str  # "counter", "gauge", "histogram" or "timer"
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] | None = None
+
+
+def _custom_metrics(value: object) -> tuple[CustomMetric, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _Invalid(f"expected a list of tables, got {value!r}")
+    metrics = []
+    for index, entry in enumerate(value):
+        where = f"[{index}]"
+        if not isinstance(entry, Mapping):
+            raise _Invalid(f"{where}: expected a table, got {entry!r}")
+        unknown = sorted(set(entry) - {"name", "help", "kind", "labels", "buckets"})
+        if unknown:
+            raise _Invalid(f"{where}: unknown key {unknown[0]!r}")
+        try:
+            kind = Kind(entry.get("kind", "histogram"))
+        except ValueError:
+            raise _Invalid(
+                f"{where}.kind: expected counter, gauge, histogram or timer, "
+                f"got {entry.get('kind')!r}"
+            ) from None
+        name = entry.get("name")
+        help_text = entry.get("help", f"Custom metric: {name}")
+        try:
+            spec = make_spec(
+                name,  # type: ignore[arg-type]
+                help_text,
+                kind,
+                entry.get("labels"),
+                entry.get("buckets"),
+            )
+        except DeclarationError as exc:
+            raise _Invalid(f"{where}: {exc}") from None
+        metrics.append(
+            CustomMetric(spec.name, spec.help, kind.value, spec.label_names, spec.buckets)
+        )
+    return tuple(metrics)
+
+
+def _no_env(value: object) -> Any:
+    raise _Invalid("cannot be set from the environment; use the config file")
 
 
 @attrs.frozen
@@ -289,6 +367,8 @@ class MetricsConfig:
     prometheus: PrometheusSettings = attrs.field(factory=PrometheusSettings)
     statsd: StatsdSettings = attrs.field(factory=StatsdSettings)
     datadog: DatadogSettings = attrs.field(factory=DatadogSettings)
+    shadowcat: ShadowcatSettings = attrs.field(factory=ShadowcatSettings)
+    custom_metrics: tuple[CustomMetric, ...] = _setting((), _custom_metrics, _no_env)
 
     @property
     def default_buckets(self) -> tuple[float, ...]:
@@ -343,7 +423,7 @@ def _build(cls: type[Any], values: Mapping[str, Any], origin: str, prefix: str) 
         if field is None:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{origin}: unknown key '{prefix}{key}' (known keys: {known})")
-        table = BACKEND_TABLES.get(key)
+        table = TABLES.get(key)
         if table is not None:
             if not isinstance(raw, Mapping):
                 raise ConfigError(f"{origin}: {prefix}{key}: expected a table, got {raw!r}")
@@ -361,7 +441,7 @@ def _env_overrides(cls: type[Any], environ: Mapping[str, str], stem: str) -> dic
     overrides: dict[str, Any] = {}
     for field in attrs.fields(cls):
         name = f"{stem}{field.name.upper()}"
-        table = BACKEND_TABLES.get(field.name) if cls is MetricsConfig else None
+        table = TABLES.get(field.name) if cls is MetricsConfig else None
         if table is not None:
             nested = _env_overrides(table, environ, f"{name}__")
             if nested:
@@ -383,7 +463,7 @@ def _apply_env(config: MetricsConfig, environ: Mapping[str, str]) -> MetricsConf
         raise ConfigError(f"unknown environment variable {unknown[0]} (see the README's table)")
     overrides = _env_overrides(MetricsConfig, environ, ENV_PREFIX)
     for table_name, table_values in list(overrides.items()):
-        if table_name in BACKEND_TABLES:
+        if table_name in TABLES:
             overrides[table_name] = attrs.evolve(getattr(config, table_name), **table_values)
     return attrs.evolve(config, **overrides) if overrides else config
 
@@ -391,7 +471,7 @@ def _apply_env(config: MetricsConfig, environ: Mapping[str, str]) -> MetricsConf
 def _env_name_known(name: str) -> bool:
     names = set()
     for field in attrs.fields(MetricsConfig):
-        table = BACKEND_TABLES.get(field.name)
+        table = TABLES.get(field.name)
         if table is None:
             names.add(field.name.upper())
         else:

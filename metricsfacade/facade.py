@@ -12,13 +12,13 @@ import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import attrs
 
 from metricsfacade.backends import create_backends
 from metricsfacade.backends.base import Backend, RecordFn, ValueOutOfRange
-from metricsfacade.config import ConfigSource, MetricsConfig, load_config
+from metricsfacade.config import ConfigSource, CustomMetric, MetricsConfig, load_config
 from metricsfacade.endpoint import Endpoint
 from metricsfacade.errors import DeclarationError, RecordError
 from metricsfacade.handles import (
@@ -65,6 +65,8 @@ class Metrics:
         self._strict = False
         self._reported: set[tuple[str, str]] = set()
         self._exit_hook_registered = False
+        self._services: list[Service] = []
+        self._collect_hooks: list[Callable[[], None]] = []
         self._dropped = self._internal_counter(
             "metricsfacade_dropped_total",
             "Recordings dropped because they were invalid or a backend failed",
@@ -99,6 +101,8 @@ class Metrics:
         with self._lock:
             for handle in self._handles.values():
                 _check_common_labels(handle.spec, config)
+            for custom in config.custom_metrics:
+                self._declare_custom(custom, config)
             # Built before the old ones close, so a failure here leaves the old setup serving.
             backends = tuple(create_backends(config)) if config.enabled else ()
             retired = self._detach()
@@ -110,6 +114,7 @@ class Metrics:
                 self._bind(handle)
             for backend in backends:
                 backend.set_drop_reporter(self._drop_reporter(backend))
+                backend.set_collect_hook(self._run_collect_hooks)
             if config.enabled and config.port is not None:
                 try:
                     self._endpoint = self._start_endpoint(config)
@@ -121,6 +126,7 @@ class Metrics:
         _close_backends(retired)
         if failure is not None:
             raise failure
+        self._restart_services()
         self._register_exit_hook()
         return self
 
@@ -149,6 +155,23 @@ class Metrics:
     def remove_readiness_check(self, name: str) -> None:
         self._readiness.remove(name)
 
+    def has_series_budget(self) -> bool:
+        """Whether a new series would stay under the cardinality limit."""
+        return self._series_count < self._limit
+
+    def add_service(self, service: Service) -> None:
+        """Run ``service`` (e.g. the system collector) while the facade is configured and
+        enabled: started now if it is, restarted by ``configure()``, stopped by ``close()``."""
+        with self._lock:
+            self._services.append(service)
+            config = self._config
+        if config is not None and config.enabled:
+            service.start(config)
+
+    def add_collect_hook(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` just before every Prometheus scrape, so pulled values are fresh."""
+        self._collect_hooks.append(hook)
+
     def flush(self) -> None:
         """Send what push backends have buffered."""
         for backend in self._backends:
@@ -159,6 +182,7 @@ class Metrics:
 
     def close(self) -> None:
         """Flush and close the backends and stop the endpoint. Recording becomes a no-op."""
+        self._stop_services()
         with self._lock:
             retired = self._detach()
             self._config = None
@@ -434,11 +458,18 @@ class Metrics:
 
     def _reject(self, handle: MetricHandle[Any], reason: str, detail: str) -> None:
         """Count and drop (log once per metric and reason), or raise in strict mode."""
+        if handle is self._dropped and not self._strict:
+            return  # a bad recording of the drop counter itself: nowhere left to count it
+        self.reject_recording(handle.spec.name, reason, detail)
+
+    def reject_recording(self, metric: str, reason: str, detail: str) -> None:
+        """Count a dropped recording in metricsfacade_dropped_total{metric,reason} and log
+        it once per metric and reason; raise RecordError instead in strict mode. For helpers
+        that validate their own input (``metric`` must be a bounded, declared name)."""
         if self._strict:
-            raise RecordError(f"metric {handle.spec.name!r}: {detail}")
-        if handle is not self._dropped:
-            self._dropped.labels(handle.spec.name, reason).inc()
-        self._report_once(handle, reason, f"dropped a recording of {handle.spec.name!r}: {detail}")
+            raise RecordError(f"metric {metric!r}: {detail}")
+        self._dropped.labels(metric, reason).inc()
+        self._report_once(metric, reason, f"dropped a recording of {metric!r}: {detail}")
 
     def _record_failed(self, handle: MetricHandle[Any], exc: Exception, value: object) -> None:
         """The record function of a single backend raised (fan-outs report their own)."""
@@ -457,13 +488,13 @@ class Metrics:
         if handle is not self._dropped:
             self._dropped.labels(handle.spec.name, "backend_error").inc()
         self._report_once(
-            handle,
+            handle.spec.name,
             "backend_error",
             f"the {backend} backend failed on {handle.spec.name!r}: {exc!r}",
         )
 
-    def _report_once(self, handle: MetricHandle[Any], reason: str, message: str) -> None:
-        key = (handle.spec.key, reason)
+    def _report_once(self, metric: str, reason: str, message: str) -> None:
+        key = (metric, reason)
         if key in self._reported:
             return
         self._reported.add(key)
@@ -471,7 +502,7 @@ class Metrics:
             "metricsfacade: %s (this and later cases are counted in "
             'metricsfacade_dropped_total{metric="%s",reason="%s"}; logged once)',
             message,
-            handle.spec.name,
+            metric,
             reason,
         )
 
@@ -484,6 +515,36 @@ class Metrics:
         endpoint = Endpoint(config, render, self._readiness)
         endpoint.start()
         return endpoint
+
+    def _declare_custom(self, custom: CustomMetric, config: MetricsConfig) -> None:
+        spec = make_spec(custom.name, custom.help, Kind(custom.kind), custom.labels, custom.buckets)
+        _check_common_labels(spec, config)
+        self._declare(_HANDLE_TYPES[spec.kind], spec)
+
+    def _run_collect_hooks(self) -> None:
+        for hook in list(self._collect_hooks):
+            try:
+                hook()
+            except Exception:
+                logger.exception("metricsfacade: a collect hook failed")
+
+    def _restart_services(self) -> None:
+        self._stop_services()
+        config = self._config
+        if config is None or not config.enabled:
+            return
+        for service in list(self._services):
+            try:
+                service.start(config)
+            except Exception:
+                logger.exception("metricsfacade: starting %r failed", service)
+
+    def _stop_services(self) -> None:
+        for service in list(self._services):
+            try:
+                service.stop()
+            except Exception:
+                logger.exception("metricsfacade: stopping %r failed", service)
 
     def _detach(self) -> tuple[Backend, ...]:
         """Stop the endpoint and take the backends out; return them for the caller to close
@@ -518,6 +579,22 @@ def _close_at_exit(facade_ref: weakref.ref[Metrics]) -> None:
     facade = facade_ref()
     if facade is not None:
         facade.close()
+
+
+_HANDLE_TYPES: dict[Kind, type[MetricHandle[Any]]] = {
+    Kind.COUNTER: Counter,
+    Kind.GAUGE: Gauge,
+    Kind.HISTOGRAM: Histogram,
+    Kind.TIMER: Timer,
+}
+
+
+class Service(Protocol):
+    """Something that runs alongside a configured facade (see ``Metrics.add_service``)."""
+
+    def start(self, config: MetricsConfig) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def _check_common_labels(spec: MetricSpec, config: MetricsConfig) -> None:

@@ -67,6 +67,9 @@ class Backend(abc.ABC):
         """The facade passes a function counting undeliverable lines; push backends call it
         (never while holding a lock of theirs: it records a metric, possibly to them)."""
 
+    def set_collect_hook(self, hook: Callable[[], None]) -> None:  # noqa: B027 - optional hook
+        """Pull backends call ``hook`` before each collection so pulled values are fresh."""
+
     def flush(self) -> None:  # noqa: B027 - optional hook
         """Send anything buffered. Push backends override this."""
 

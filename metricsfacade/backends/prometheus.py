@@ -35,6 +35,10 @@ from metricsfacade.spec import Kind
 _format_bound = cast(Callable[[float], str], floatToGoString)
 
 
+def _nothing() -> None:
+    """No collect hook yet."""
+
+
 class StoreCollector:
     """A prometheus-client collector reading a SeriesStore; common labels come first."""
 
@@ -42,6 +46,8 @@ class StoreCollector:
         self._store = store
         self._common_names = tuple(common_labels)
         self._common_values = tuple(common_labels.values())
+        #: the facade's collect hooks (the system collector refreshes its gauges here)
+        self.before_collect: Callable[[], None] = _nothing
 
     def describe(self) -> list[Metric]:
         """Empty on purpose: metrics are declared over time, so the registry must not cache
@@ -49,6 +55,7 @@ class StoreCollector:
         return []
 
     def collect(self) -> Iterator[Metric]:
+        self.before_collect()
         for stored in self._store.metrics():
             spec = stored.spec
             names = (*self._common_names, *spec.label_names)
@@ -84,6 +91,9 @@ class PrometheusBackend(StoreBackend):
     @classmethod
     def from_config(cls, config: MetricsConfig) -> PrometheusBackend:
         return cls(dict(config.common_labels), config.prometheus.registry == "global")
+
+    def set_collect_hook(self, hook: Callable[[], None]) -> None:
+        self._collector.before_collect = hook
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the Accept header asks for (text or OpenMetrics)."""

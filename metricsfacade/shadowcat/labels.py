@@ -1,0 +1,56 @@
+"""Bounding label values that come from the network (methods, clients).
+
+A client must not be able to grow the series count by inventing method names or client ids:
+the first ``limit`` distinct accepted values keep their name, everything else is ``other``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+OTHER = "other"
+
+
+class BoundedValues:
+    """Maps a value to itself while it is accepted and among the first ``limit`` distinct
+    accepted values, else to ``other``. The hit path is one dict lookup."""
+
+    def __init__(self, limit: int, accept: Callable[[str], bool] | None = None) -> None:
+        self._limit = limit
+        self._accept = accept or (lambda value: True)
+        self._known: dict[object, str] = {}
+        self._lock = threading.Lock()
+
+    def __call__(self, value: object) -> str:
+        known = self._known.get(value)
+        if known is not None:
+            return known
+        return self._admit(value)
+
+    def _admit(self, value: object) -> str:
+        text = value if isinstance(value, str) else str(value)
+        with self._lock:
+            if text in self._known:
+                return self._known[text]
+            if len(self._known) >= self._limit or not self._accept(text):
+                return OTHER  # never stored: memory stays bounded
+            self._known[text] = text
+            return text
+
+
+def method_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Exact names, and ``family/*`` patterns matching any method under ``family/``."""
+    exact = set()
+    prefixes = []
+    for pattern in patterns:
+        if pattern.endswith("/*"):
+            prefixes.append(pattern[:-1])
+        else:
+            exact.add(pattern)
+    families = tuple(prefixes)
+
+    def matches(method: str) -> bool:
+        return method in exact or (method.startswith(families) and len(method) > 0)
+
+    return matches
