@@ -72,9 +72,6 @@ __all__ = [
 
 _global = Metrics()
 
-# After _global exists: the custom registry binds to it on first use.
-from metricsfacade.custom import CustomMetrics, record, register_custom_metric  # noqa: E402
-
 
 def get_metrics() -> Metrics:
     """The process-wide facade (unconfigured, recording nowhere, until ``configure()``)."""
@@ -114,3 +111,7 @@ def timer(
 ) -> Timer:
     """Declare a timer (a histogram of seconds) on the global facade."""
     return _global.timer(name, help, labels, buckets)
+
+
+# Last: the custom registry imports get_metrics from this module.
+from metricsfacade.custom import CustomMetrics, record, register_custom_metric  # noqa: E402
