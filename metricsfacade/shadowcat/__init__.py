@@ -25,7 +25,6 @@ from metricsfacade.shadowcat.tracking import (
     TIMEOUT,
     RequestTracker,
     Session,
-    TrackRequest,
 )
 
 __all__ = [
@@ -40,5 +39,4 @@ __all__ = [
     "Session",
     "ShadowcatMetrics",
     "SystemCollector",
-    "TrackRequest",
 ]

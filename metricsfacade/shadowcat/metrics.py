@@ -7,7 +7,7 @@ from typing import Any, TypeVar
 from metricsfacade import get_metrics
 from metricsfacade.config import MCP_METHODS, MetricsConfig
 from metricsfacade.facade import Metrics
-from metricsfacade.handles import Counter, Gauge, Histogram, MetricHandle, Timer
+from metricsfacade.handles import Counter, Gauge, Histogram, HistogramChild, MetricHandle, Timer
 from metricsfacade.shadowcat.catalog import CATALOG, CatalogEntry
 from metricsfacade.shadowcat.labels import OTHER, BoundedValues, method_matcher
 from metricsfacade.shadowcat.tracking import (
@@ -15,9 +15,9 @@ from metricsfacade.shadowcat.tracking import (
     ERROR,
     OK,
     TIMEOUT,
+    RequestSeries,
     RequestTracker,
     Session,
-    TrackRequest,
 )
 from metricsfacade.spec import Kind
 
@@ -85,22 +85,42 @@ class ShadowcatMetrics:
         self.method_label = BoundedValues(MAX_METHODS, method_matcher(settings.methods))
         self.client_label = BoundedValues(settings.max_clients)
         self.status_label = _status_label
+        self._request_series: dict[tuple[object, str], RequestSeries] = {}
+        self._latency_series: dict[str, HistogramChild] = {}
+
+    def request_series(self, method: object, transport: str) -> RequestSeries:
+        """The children one (method, transport) records to, resolved once."""
+        series = self._request_series.get((method, transport))
+        if series is None:
+            label = self.method_label(method)
+            series = RequestSeries(self, label, transport)
+            if label != OTHER:  # keys that map to "other" are not kept: memory stays bounded
+                self._request_series[(method, transport)] = series
+        return series
+
+    def latency_series(self, upstream: str) -> HistogramChild:
+        child = self._latency_series.get(upstream)
+        if child is None:
+            child = self._latency_series[upstream] = self.proxy_latency.labels(upstream)
+        return child
 
     # -- requests and sessions -------------------------------------------------------------
 
     def track_request(
         self, method: str, transport: str, upstream: str | None = None
-    ) -> TrackRequest:
+    ) -> RequestTracker:
         """``with``/``async with ... as req`` or ``@decorator``: count, duration, status,
         sizes (``req.request_size(n)``, ``req.response_size(n)``) and, with ``upstream``,
         the latency the proxy added (mark the wait with ``req.upstream_wait()``)."""
-        return TrackRequest(self, method, transport, upstream)
+        return self.start_request(method, transport, upstream)
 
     def start_request(
         self, method: str, transport: str, upstream: str | None = None
     ) -> RequestTracker:
-        """For message-passing code where a request ends elsewhere: call ``finish()``."""
-        return RequestTracker(self, method, transport, upstream)
+        """A request starting now; for message-passing code, call ``finish()`` when its
+        response goes out."""
+        latency = self.latency_series(upstream) if upstream is not None else None
+        return RequestTracker(self.request_series(method, transport), latency)
 
     def session(self) -> Session:
         """``with``/``async with``: a session from start to end, errors and cancellation too."""

@@ -3,7 +3,9 @@
 A request records its count and duration under its final status, its request and response
 sizes, and the latency the proxy itself added: its handling time minus the time spent
 waiting for the upstream (marked with ``upstream_wait()`` or ``upstream_started()`` /
-``upstream_finished()``).
+``upstream_finished()``). The series a request touches are resolved once per method and
+transport (and status, and upstream) and kept, so a request costs a handful of bound-child
+recordings.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from metricsfacade.handles import CounterChild, HistogramChild
 
 if TYPE_CHECKING:
     from metricsfacade.shadowcat.metrics import ShadowcatMetrics
@@ -36,40 +40,71 @@ def status_of(exc_type: type[BaseException] | None) -> str:
     return ERROR
 
 
+class RequestSeries:
+    """The bound children of one (method, transport), and of its statuses as they appear."""
+
+    __slots__ = ("_metrics", "by_status", "method", "request_size", "response_size", "transport")
+
+    def __init__(self, metrics: ShadowcatMetrics, method: str, transport: str) -> None:
+        self._metrics = metrics
+        self.method = method
+        self.transport = transport
+        self.request_size = metrics.request_size.labels(method, transport)
+        self.response_size = metrics.response_size.labels(method, transport)
+        self.by_status: dict[object, tuple[CounterChild, HistogramChild]] = {}
+
+    def for_status(self, status: object) -> tuple[CounterChild, HistogramChild]:
+        children = self.by_status.get(status)
+        if children is None:
+            label = self._metrics.status_label(status)
+            metrics = self._metrics
+            children = (
+                metrics.requests.labels(self.method, self.transport, label),
+                metrics.request_duration.labels(self.method, self.transport, label),
+            )
+            if label != "other":  # only bounded keys are kept
+                self.by_status[status] = children
+        return children
+
+
 class RequestTracker:
-    """One request in flight. ``finish()`` records it; later calls do nothing."""
+    """One request: ``with``/``async with`` it, decorate with it, or ``finish()`` it.
+
+    The status comes from the outcome (``ok``, ``error``, ``timeout``, ``cancelled``) unless
+    ``status`` is set on the tracker; an exception always propagates unchanged. One tracker
+    tracks one request; as a decorator it makes a new tracker per call.
+    """
 
     __slots__ = (
         "_finished",
-        "_metrics",
+        "_latency",
+        "_series",
         "_start",
         "_upstream_since",
         "_upstream_wait",
-        "method",
         "status",
-        "transport",
-        "upstream",
     )
 
-    def __init__(
-        self, metrics: ShadowcatMetrics, method: str, transport: str, upstream: str | None
-    ) -> None:
-        self._metrics = metrics
-        self.method = metrics.method_label(method)
-        self.transport = transport
-        self.upstream = upstream
+    def __init__(self, series: RequestSeries, latency: HistogramChild | None) -> None:
+        self._series = series
+        self._latency = latency
         #: set it to override the status the outcome implies ("timeout", 404, ...)
         self.status: str | int | None = None
-        self._start = perf_counter()
         self._upstream_wait = 0.0
         self._upstream_since: float | None = None
         self._finished = False
+        self._start = perf_counter()
+
+    @property
+    def method(self) -> str:
+        """The ``method`` label value: the method, or ``other`` when not allowed."""
+        return self._series.method
 
     def request_size(self, size_bytes: float) -> None:
-        self._metrics.request_size.labels(self.method, self.transport).observe(size_bytes)
+        self._series.request_size.observe(size_bytes)
 
     def response_size(self, size_bytes: float) -> None:
-        self._metrics.response_size.labels(self.method, self.transport).observe(size_bytes)
+        self._series.response_size.observe(size_bytes)
 
     def upstream_started(self) -> None:
         """The request left for the upstream: the wait until ``upstream_finished`` is not
@@ -87,20 +122,70 @@ class RequestTracker:
         return _UpstreamWait(self)
 
     def finish(self, status: str | int | None = None, response_size: float | None = None) -> None:
+        """Record the request; later calls do nothing."""
         if self._finished:
             return
         self._finished = True
         self.upstream_finished()
         elapsed = perf_counter() - self._start
-        metrics = self._metrics
-        final = metrics.status_label(status if status is not None else self.status or OK)
-        metrics.requests.labels(self.method, self.transport, final).inc()
-        metrics.request_duration.labels(self.method, self.transport, final).observe(elapsed)
+        if status is None:
+            status = self.status if self.status is not None else OK
+        requests, duration = self._series.for_status(status)
+        requests.inc()
+        duration.observe(elapsed)
         if response_size is not None:
-            self.response_size(response_size)
-        if self.upstream is not None:
-            added = max(0.0, elapsed - self._upstream_wait)
-            metrics.proxy_latency.labels(self.upstream).observe(added)
+            self._series.response_size.observe(response_size)
+        if self._latency is not None:
+            self._latency.observe(max(0.0, elapsed - self._upstream_wait))
+
+    # -- context manager, async context manager ---------------------------------------------
+
+    def __enter__(self) -> RequestTracker:
+        self._start = perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.status is not None:
+            self.finish(self.status)
+        else:
+            self.finish(OK if exc_type is None else status_of(exc_type))
+
+    async def __aenter__(self) -> RequestTracker:
+        self._start = perf_counter()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, traceback)
+
+    # -- decorator: a new tracker per call ---------------------------------------------------
+
+    def __call__(self, func: F) -> F:
+        series, latency = self._series, self._latency
+        if inspect.iscoroutinefunction(func):
+
+            @functools.wraps(func)
+            async def tracked_coroutine(*call_args: Any, **kwargs: Any) -> Any:
+                async with RequestTracker(series, latency):
+                    return await func(*call_args, **kwargs)
+
+            return tracked_coroutine  # type: ignore[return-value]
+
+        @functools.wraps(func)
+        def tracked(*call_args: Any, **kwargs: Any) -> Any:
+            with RequestTracker(series, latency):
+                return func(*call_args, **kwargs)
+
+        return tracked  # type: ignore[return-value]
 
 
 class _UpstreamWait:
@@ -114,66 +199,6 @@ class _UpstreamWait:
 
     def __exit__(self, *exc_info: object) -> None:
         self._tracker.upstream_finished()
-
-
-class TrackRequest:
-    """``track_request(...)``: a context manager, an async context manager, or a decorator.
-
-    The status comes from the outcome (``ok``, ``error``, ``timeout``, ``cancelled``) unless
-    set on the tracker; an exception always propagates unchanged.
-    """
-
-    __slots__ = ("_args", "_tracker")
-
-    def __init__(
-        self, metrics: ShadowcatMetrics, method: str, transport: str, upstream: str | None
-    ) -> None:
-        self._args = (metrics, method, transport, upstream)
-        self._tracker: RequestTracker | None = None
-
-    def __enter__(self) -> RequestTracker:
-        self._tracker = RequestTracker(*self._args)
-        return self._tracker
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        tracker = self._tracker
-        if tracker is not None:
-            self._tracker = None
-            tracker.finish(tracker.status if tracker.status is not None else status_of(exc_type))
-
-    async def __aenter__(self) -> RequestTracker:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, traceback)
-
-    def __call__(self, func: F) -> F:
-        args = self._args
-        if inspect.iscoroutinefunction(func):
-
-            @functools.wraps(func)
-            async def tracked_coroutine(*call_args: Any, **kwargs: Any) -> Any:
-                async with TrackRequest(*args):
-                    return await func(*call_args, **kwargs)
-
-            return tracked_coroutine  # type: ignore[return-value]
-
-        @functools.wraps(func)
-        def tracked(*call_args: Any, **kwargs: Any) -> Any:
-            with TrackRequest(*args):
-                return func(*call_args, **kwargs)
-
-        return tracked  # type: ignore[return-value]
 
 
 class Session:
