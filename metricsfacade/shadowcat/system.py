@@ -43,7 +43,9 @@ class SystemCollector:
     """Collects process metrics into a facade (the global one by default) while it runs.
 
     ``loop``: the asyncio loop whose tasks ``shadowcat_goroutines`` counts; by default the
-    loop running where the collector is created, if any.
+    loop running where the collector is created. Created outside a loop (before
+    ``asyncio.run``), call ``watch_loop(asyncio.get_running_loop())`` once inside it; until a
+    loop is known, ``shadowcat_goroutines`` is not collected.
     """
 
     def __init__(

@@ -35,9 +35,13 @@ def status_of(exc_type: type[BaseException] | None) -> str:
         return OK
     if issubclass(exc_type, asyncio.CancelledError):
         return CANCELLED
-    if issubclass(exc_type, TimeoutError):
+    if issubclass(exc_type, (TimeoutError, asyncio.TimeoutError)):  # distinct before 3.11
         return TIMEOUT
     return ERROR
+
+
+def _is_success(status: object) -> bool:
+    return status == OK or str(status).startswith("2")
 
 
 class RequestSeries:
@@ -62,8 +66,8 @@ class RequestSeries:
                 metrics.requests.labels(self.method, self.transport, label),
                 metrics.request_duration.labels(self.method, self.transport, label),
             )
-            if label != "other":  # only bounded keys are kept
-                self.by_status[status] = children
+            if label == status or (type(status) is int and label != "other"):
+                self.by_status[status] = children  # canonical keys only: bounded
         return children
 
 
@@ -71,7 +75,8 @@ class RequestTracker:
     """One request: ``with``/``async with`` it, decorate with it, or ``finish()`` it.
 
     The status comes from the outcome (``ok``, ``error``, ``timeout``, ``cancelled``) unless
-    ``status`` is set on the tracker; an exception always propagates unchanged. One tracker
+    ``status`` is set on the tracker (an escaping exception still outranks a success status
+    such as ``ok`` or 200); an exception always propagates unchanged. One tracker
     tracks one request; as a decorator it makes a new tracker per call.
     """
 
@@ -150,10 +155,12 @@ class RequestTracker:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self.status is not None:
-            self.finish(self.status)
+        if exc_type is None:
+            self.finish(self.status if self.status is not None else OK)
+        elif self.status is not None and not _is_success(self.status):
+            self.finish(self.status)  # a failure status set before raising stands
         else:
-            self.finish(OK if exc_type is None else status_of(exc_type))
+            self.finish(status_of(exc_type))  # an escaping exception outranks a success
 
     async def __aenter__(self) -> RequestTracker:
         self._start = perf_counter()
