@@ -11,24 +11,17 @@ deltas); histograms and timers go out as ``h`` or ``d`` with timers in milliseco
 from __future__ import annotations
 
 import math
-import random
 import socket
 import struct
 import threading
 
 from datadog.dogstatsd.base import DogStatsd
 
-from metricsfacade.backends.base import (
-    Backend,
-    GaugeOps,
-    RecordFn,
-    ReportDrop,
-    ValueOutOfRange,
-)
-from metricsfacade.backends.lines import LineTemplate, dotted_name, statsd_type
-from metricsfacade.backends.transport import DROP_REASONS, LineBuffer
+from metricsfacade.backends.base import GaugeOps, ValueOutOfRange
+from metricsfacade.backends.push import PushBackend, ignore_drops
+from metricsfacade.backends.transport import LineBuffer
 from metricsfacade.config import DatadogSettings, MetricsConfig
-from metricsfacade.spec import Kind, MetricSpec
+from metricsfacade.spec import MetricSpec
 
 _INF = math.inf
 UDP_MAX_PACKET = 1432
@@ -51,12 +44,10 @@ class DogStatsdTransport:
         self.client.close_socket()
 
 
-class DatadogBackend(Backend):
-    drop_reasons = DROP_REASONS
+class DatadogBackend(PushBackend):
     name = "datadog"
 
     def __init__(self, settings: DatadogSettings, common_labels: dict[str, str]) -> None:
-        self._settings = settings
         self.client = DogStatsd(
             host=settings.host,
             port=settings.port,
@@ -66,60 +57,33 @@ class DatadogBackend(Backend):
             disable_telemetry=True,
         )
         env_tags = [tag.partition(":") for tag in self.client.constant_tags]
-        self._tags = (
-            *common_labels.items(),
-            *settings.constant_tags.items(),
-            *((key, value) for key, _, value in env_tags),
-        )
         default_size = UDS_MAX_PACKET if self.client.socket_path else UDP_MAX_PACKET
-        self._buffer = LineBuffer(
+        buffer = LineBuffer(
             DogStatsdTransport(self.client),
             settings.max_packet_size or default_size,
             settings.flush_interval_secs,
-            _ignore_drops,
+            ignore_drops,
             name=self.name,
+        )
+        super().__init__(
+            buffer,
+            prefix=settings.namespace,
+            tags=(
+                *common_labels.items(),
+                *settings.constant_tags.items(),
+                *((key, value) for key, _, value in env_tags),
+            ),
+            tag_format="dogstatsd",
+            histogram_type=settings.histogram_type,
+            sample_rate=settings.sample_rate,
         )
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> DatadogBackend:
         return cls(config.datadog, dict(config.common_labels))
 
-    def set_drop_reporter(self, report_drop: ReportDrop) -> None:
-        self._buffer.set_report_drop(report_drop)
-
-    def _template(self, spec: MetricSpec, values: tuple[str, ...]) -> bytes:
-        settings = self._settings
-        tags = (*self._tags, *zip(spec.label_names, values, strict=True))
-        rate = settings.sample_rate if spec.kind is Kind.COUNTER else 1.0
-        template = LineTemplate(
-            dotted_name(spec, settings.namespace),
-            statsd_type(spec, settings.histogram_type),
-            tags,
-            "dogstatsd",
-            sample_rate=rate,
-        )
-        return template.template.encode()
-
-    def counter(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        template = self._template(spec, label_values)
-        add = self._buffer.add
-        rate = self._settings.sample_rate
-        if rate >= 1:
-            one = template % 1  # inc() by 1 is the common case: its line is made once
-
-            def inc(amount: float) -> None:
-                add(one if amount == 1 else template % amount)
-
-            return inc
-
-        def inc_sampled(amount: float) -> None:
-            if random.random() < rate:
-                add(template % amount)
-
-        return inc_sampled
-
     def gauge(self, spec: MetricSpec, label_values: tuple[str, ...]) -> GaugeOps:
-        template = self._template(spec, label_values)
+        template = self.template(spec, label_values)
         add = self._buffer.add
         lock = threading.Lock()
         current = [0.0]
@@ -139,31 +103,6 @@ class DatadogBackend(Backend):
 
         return GaugeOps(set=set_gauge, add=add_to_gauge)
 
-    def histogram(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        template = self._template(spec, label_values)
-        add = self._buffer.add
-        if spec.kind is Kind.TIMER:
-
-            def observe_ms(seconds: float) -> None:
-                milliseconds = seconds * 1000.0
-                if not -_INF < milliseconds < _INF:  # only absurd durations overflow
-                    raise ValueOutOfRange(f"{seconds!r} s overflows in milliseconds")
-                add(template % milliseconds)
-
-            return observe_ms
-
-        def observe(value: float) -> None:
-            add(template % value)
-
-        return observe
-
-    def flush(self) -> None:
-        self._buffer.flush()
-
     def close(self) -> None:
-        self._buffer.close()
+        super().close()
         self.client.close_socket()
-
-
-def _ignore_drops(reason: str, count: int) -> None:
-    """Until the facade attaches its reporter."""

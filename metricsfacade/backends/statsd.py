@@ -10,25 +10,16 @@ histograms and timers ``ms`` by default (timers in milliseconds).
 from __future__ import annotations
 
 import contextlib
-import math
-import random
 import socket
 
 import statsd
 
-from metricsfacade.backends.base import (
-    Backend,
-    GaugeOps,
-    RecordFn,
-    ReportDrop,
-    ValueOutOfRange,
-)
-from metricsfacade.backends.lines import LineTemplate, dotted_name, statsd_type
-from metricsfacade.backends.transport import DROP_REASONS, LineBuffer
+from metricsfacade.backends.base import GaugeOps
+from metricsfacade.backends.push import PushBackend, ignore_drops
+from metricsfacade.backends.transport import LineBuffer
 from metricsfacade.config import MetricsConfig, StatsdSettings
-from metricsfacade.spec import Kind, MetricSpec
+from metricsfacade.spec import MetricSpec
 
-_INF = math.inf
 UDP_MAX_PACKET = 1432
 STREAM_MAX_PACKET = 8192
 CONNECT_TIMEOUT_SECS = 2.0
@@ -104,71 +95,40 @@ class StreamTransport:
             client.close()
 
 
-class StatsdBackend(Backend):
-    drop_reasons = DROP_REASONS
+class StatsdBackend(PushBackend):
     name = "statsd"
 
     def __init__(self, settings: StatsdSettings, common_labels: dict[str, str]) -> None:
         self.settings = settings
-        self._common = tuple(common_labels.items())
         if settings.protocol == "udp":
             transport: UdpTransport | StreamTransport = UdpTransport(settings.host, settings.port)
             default_size = UDP_MAX_PACKET
         else:
             transport = StreamTransport(settings)
             default_size = STREAM_MAX_PACKET
-        self._buffer = LineBuffer(
+        buffer = LineBuffer(
             transport,
             settings.max_packet_size or default_size,
             settings.flush_interval_secs,
-            _ignore_drops,
+            ignore_drops,
             name=self.name,
+        )
+        super().__init__(
+            buffer,
+            prefix=settings.prefix,
+            tags=tuple(common_labels.items()),
+            tag_format=settings.tag_format,
+            histogram_type=settings.histogram_type,
+            sample_rate=settings.sample_rate,
         )
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> StatsdBackend:
         return cls(config.statsd, dict(config.common_labels))
 
-    def set_drop_reporter(self, report_drop: ReportDrop) -> None:
-        self._buffer.set_report_drop(report_drop)
-
-    def _template(
-        self, spec: MetricSpec, values: tuple[str, ...], *, signed: bool = False
-    ) -> bytes:
-        settings = self.settings
-        tags = (*self._common, *zip(spec.label_names, values, strict=True))
-        rate = settings.sample_rate if spec.kind is Kind.COUNTER else 1.0
-        template = LineTemplate(
-            dotted_name(spec, settings.prefix),
-            statsd_type(spec, settings.histogram_type),
-            tags,
-            settings.tag_format,
-            sample_rate=rate,
-            signed=signed,
-        )
-        return template.template.encode()
-
-    def counter(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        template = self._template(spec, label_values)
-        add = self._buffer.add
-        rate = self.settings.sample_rate
-        if rate >= 1:
-            one = template % 1  # inc() by 1 is the common case: its line is made once
-
-            def inc(amount: float) -> None:
-                add(one if amount == 1 else template % amount)
-
-            return inc
-
-        def inc_sampled(amount: float) -> None:
-            if random.random() < rate:
-                add(template % amount)
-
-        return inc_sampled
-
     def gauge(self, spec: MetricSpec, label_values: tuple[str, ...]) -> GaugeOps:
-        absolute = self._template(spec, label_values)
-        delta = self._template(spec, label_values, signed=True)
+        absolute = self.template(spec, label_values)
+        delta = self.template(spec, label_values, signed=True)
         zero = absolute % 0
         add = self._buffer.add
 
@@ -184,31 +144,3 @@ class StatsdBackend(Backend):
             add(delta % amount)
 
         return GaugeOps(set=set_gauge, add=add_to_gauge)
-
-    def histogram(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        template = self._template(spec, label_values)
-        add = self._buffer.add
-        if spec.kind is Kind.TIMER:
-
-            def observe_ms(seconds: float) -> None:
-                milliseconds = seconds * 1000.0
-                if not -_INF < milliseconds < _INF:  # only absurd durations overflow
-                    raise ValueOutOfRange(f"{seconds!r} s overflows in milliseconds")
-                add(template % milliseconds)
-
-            return observe_ms
-
-        def observe(value: float) -> None:
-            add(template % value)
-
-        return observe
-
-    def flush(self) -> None:
-        self._buffer.flush()
-
-    def close(self) -> None:
-        self._buffer.close()
-
-
-def _ignore_drops(reason: str, count: int) -> None:
-    """Until the facade attaches its reporter."""
