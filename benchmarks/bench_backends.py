@@ -10,8 +10,6 @@ other core; the facade's figure is the caller's cost per recording.
 
 from __future__ import annotations
 
-import argparse
-import json
 import socket
 import statistics
 import sys
@@ -20,6 +18,7 @@ from typing import Any
 
 import statsd
 from datadog.dogstatsd.base import DogStatsd
+from harness import interleaved_ns, run
 
 import metricsfacade as mf
 
@@ -98,13 +97,7 @@ def measure(rounds: int, number: int) -> list[dict[str, Any]]:
     receiver.bind(("127.0.0.1", 0))
     namespace = _setup(receiver.getsockname()[1])
     timers = [timeit.Timer(stmt, globals=namespace) for _, stmt, _ in ROWS]
-    samples: list[list[float]] = [[] for _ in ROWS]
-    for round_index in range(rounds):
-        order = list(range(len(ROWS)))
-        if round_index % 2:
-            order.reverse()
-        for index in order:
-            samples[index].append(timers[index].timeit(number) / number * 1e9)
+    samples = interleaved_ns(timers, rounds, number)
     for facade in namespace["facades"].values():
         facade.close()
     receiver.close()
@@ -133,19 +126,5 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(f"{row['operation']:45} {row['ns_per_op']:8.0f}  {target}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--number", type=int, default=50_000)
-    parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
-    results = measure(args.rounds, args.number)
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(__doc__.splitlines()[0], measure, print_table, rounds=7, number=50_000))

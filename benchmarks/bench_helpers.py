@@ -8,12 +8,12 @@ request size, an upstream wait, one response size. Prints medians over rounds.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import timeit
 from typing import Any
+
+from harness import interleaved_ns, run
 
 import metricsfacade as mf
 from metricsfacade.shadowcat import ShadowcatMetrics
@@ -50,13 +50,7 @@ def measure(rounds: int, number: int) -> list[dict[str, Any]]:
     sc = ShadowcatMetrics(facade)
     namespace = {"sc": sc, "child": sc.requests.labels("ping", "stdio", "ok")}
     timers = [timeit.Timer(stmt, globals=namespace) for _, stmt in ROWS]
-    samples: list[list[float]] = [[] for _ in ROWS]
-    for round_index in range(rounds):
-        order = list(range(len(ROWS)))
-        if round_index % 2:
-            order.reverse()
-        for index in order:
-            samples[index].append(timers[index].timeit(number) / number * 1e9)
+    samples = interleaved_ns(timers, rounds, number)
     facade.close()
     return [
         {"helper": row, "ns_per_call": round(statistics.median(values), 1)}
@@ -64,21 +58,11 @@ def measure(rounds: int, number: int) -> list[dict[str, Any]]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--number", type=int, default=20_000)
-    parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
-    results = measure(args.rounds, args.number)
+def print_table(results: list[dict[str, Any]]) -> None:
     print(f"{'helper (Prometheus backend)':46} {'ns/call':>8}")
     for row in results:
         print(f"{row['helper']:46} {row['ns_per_call']:8.0f}")
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(__doc__.splitlines()[0], measure, print_table, rounds=5, number=20_000))

@@ -9,14 +9,13 @@ hits both sides of it. Prints figures only: it is not a pass/fail test.
 
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import timeit
 from importlib.metadata import version
 from typing import Any
 
+from harness import interleaved_ns, run
 from prometheus_client import CollectorRegistry
 from prometheus_client import Counter as RawCounter
 from prometheus_client import Histogram as RawHistogram
@@ -85,17 +84,9 @@ def measure(rounds: int, number: int) -> list[dict[str, Any]]:
     namespace = _setup()
     results = []
     for case, raw_stmt, facade_stmt, target in CASES:
-        raw_timer = timeit.Timer(raw_stmt, globals=namespace)
-        facade_timer = timeit.Timer(facade_stmt, globals=namespace)
-        raw_ns, facade_ns, ratios = [], [], []
-        for round_index in range(rounds):
-            order = [(raw_timer, raw_ns), (facade_timer, facade_ns)]
-            if round_index % 2:
-                order.reverse()
-            for timer, sink in order:
-                sink.append(timer.timeit(number) / number * 1e9)
-            ratios.append(facade_ns[-1] / raw_ns[-1])
-        ratio = statistics.median(ratios)
+        timers = [timeit.Timer(stmt, globals=namespace) for stmt in (raw_stmt, facade_stmt)]
+        raw_ns, facade_ns = interleaved_ns(timers, rounds, number)
+        ratio = statistics.median(f / r for f, r in zip(facade_ns, raw_ns, strict=True))
         results.append(
             {
                 "case": case,
@@ -127,19 +118,5 @@ def print_table(results: list[dict[str, Any]]) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
-    parser.add_argument("--number", type=int, default=100_000)
-    parser.add_argument("--json", help="also write the results to this file")
-    args = parser.parse_args(argv)
-    results = measure(args.rounds, args.number)
-    print_table(results)
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run(__doc__.splitlines()[0], measure, print_table, rounds=9, number=100_000))
