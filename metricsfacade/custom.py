@@ -93,6 +93,9 @@ class CustomMetrics:
         self, name: str, kind: type[MetricHandle[Any]], labels: Mapping[str, str] | None
     ) -> MetricHandle[Any] | None:
         facade = self.facade
+        existing = facade.find(name)  # declared elsewhere (config, another registry, code)
+        if existing is not None:
+            return self._remember(name, existing)
         if not facade.has_series_budget():
             facade.reject_recording(CUSTOM, "cardinality_limit", f"new custom metric {name!r}")
             return None

@@ -155,6 +155,15 @@ class Metrics:
     def remove_readiness_check(self, name: str) -> None:
         self._readiness.remove(name)
 
+    def find(self, name: str) -> MetricHandle[Any] | None:
+        """The metric declared under ``name`` (a counter also as ``name`` + ``_total``)."""
+        handle = self._handles.get(name)
+        if handle is None and name.endswith("_total"):
+            handle = self._handles.get(name[: -len("_total")])
+            if handle is not None and handle.spec.kind is not Kind.COUNTER:
+                return None
+        return handle
+
     def has_series_budget(self) -> bool:
         """Whether a new series would stay under the cardinality limit."""
         return self._series_count < self._limit

@@ -1,6 +1,8 @@
 """The shadowcat_* metric catalog: the brief's Step 1, with its flaws fixed, names unchanged.
 
-Durations are timers (Prometheus histograms of seconds; StatsD and Datadog get milliseconds).
+Help texts are the brief's, word for word (``shadowcat_goroutines`` counts asyncio
+tasks here, though its help still says tokio). Durations are timers (Prometheus
+histograms of seconds; StatsD and Datadog get milliseconds).
 ``shadowcat_request_duration_seconds`` sets no buckets: it takes the config's
 ``histogram_buckets``, else the brief's (the facade's defaults, 1 ms to 5 s).
 """
@@ -87,7 +89,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
     ),
     CatalogEntry("shadowcat_memory_usage_bytes", Kind.GAUGE, "Current memory usage in bytes"),
     CatalogEntry("shadowcat_cpu_usage_percent", Kind.GAUGE, "Current CPU usage percentage"),
-    CatalogEntry("shadowcat_goroutines", Kind.GAUGE, "Number of active goroutines (asyncio tasks)"),
+    CatalogEntry("shadowcat_goroutines", Kind.GAUGE, "Number of active goroutines (tokio tasks)"),
     CatalogEntry(
         "shadowcat_tape_size_bytes",
         Kind.HISTOGRAM,

@@ -14,12 +14,19 @@ OTHER = "other"
 
 class BoundedValues:
     """Maps a value to itself while it is accepted and among the first ``limit`` distinct
-    accepted values, else to ``other``. The hit path is one dict lookup."""
+    accepted values, else to ``other``; values in ``always`` (a fixed, finite set) keep their
+    name whatever the count. The hit path is one dict lookup."""
 
-    def __init__(self, limit: int, accept: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        limit: int,
+        accept: Callable[[str], bool] | None = None,
+        always: frozenset[str] = frozenset(),
+    ) -> None:
         self._limit = limit
         self._accept = accept or (lambda value: True)
-        self._known: dict[object, str] = {}
+        self._known: dict[object, str] = {value: value for value in always}
+        self._admitted = 0  # values admitted under the limit (not the ``always`` ones)
         self._lock = threading.Lock()
 
     def __call__(self, value: object) -> str:
@@ -33,14 +40,16 @@ class BoundedValues:
         with self._lock:
             if text in self._known:
                 return self._known[text]
-            if len(self._known) >= self._limit or not self._accept(text):
+            if self._admitted >= self._limit or not self._accept(text):
                 return OTHER  # never stored: memory stays bounded
+            self._admitted += 1
             self._known[text] = text
             return text
 
 
-def method_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
-    """Exact names, and ``family/*`` patterns matching any method under ``family/``."""
+def method_matcher(patterns: Iterable[str]) -> tuple[frozenset[str], Callable[[str], bool]]:
+    """The exact names, and a test for names under a ``family/*`` pattern (``tools/*``
+    matches ``tools/call``, not ``tools`` or ``tools/``)."""
     exact = set()
     prefixes = []
     for pattern in patterns:
@@ -50,7 +59,7 @@ def method_matcher(patterns: Iterable[str]) -> Callable[[str], bool]:
             exact.add(pattern)
     families = tuple(prefixes)
 
-    def matches(method: str) -> bool:
-        return method in exact or (method.startswith(families) and len(method) > 0)
+    def in_family(method: str) -> bool:
+        return any(method.startswith(prefix) and len(method) > len(prefix) for prefix in families)
 
-    return matches
+    return frozenset(exact), in_family

@@ -54,7 +54,7 @@ def _status_label(status: object) -> str:
         return status
     try:
         code = int(status)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return OTHER
     return str(code) if 100 <= code <= 599 else OTHER
 
@@ -82,7 +82,8 @@ class ShadowcatMetrics:
         self.rate_limited = typed_handle(handles, "shadowcat_rate_limit_exceeded_total", Counter)
         self.tape_sizes = typed_handle(handles, "shadowcat_tape_size_bytes", Histogram)
         self.tape_operations = typed_handle(handles, "shadowcat_tape_operations_total", Counter)
-        self.method_label = BoundedValues(MAX_METHODS, method_matcher(settings.methods))
+        exact, in_family = method_matcher(settings.methods)
+        self.method_label = BoundedValues(MAX_METHODS, in_family, always=exact)
         self.client_label = BoundedValues(settings.max_clients)
         self.status_label = _status_label
         self._request_series: dict[tuple[object, str], RequestSeries] = {}
@@ -115,12 +116,16 @@ class ShadowcatMetrics:
         return self.start_request(method, transport, upstream)
 
     def start_request(
-        self, method: str, transport: str, upstream: str | None = None
+        self,
+        method: str,
+        transport: str,
+        upstream: str | None = None,
+        started_at: float | None = None,
     ) -> RequestTracker:
-        """A request starting now; for message-passing code, call ``finish()`` when its
-        response goes out."""
+        """A request starting now (or at ``started_at``, a ``perf_counter()`` reading); for
+        message-passing code, call ``finish()`` when its response goes out."""
         latency = self.latency_series(upstream) if upstream is not None else None
-        return RequestTracker(self.request_series(method, transport), latency)
+        return RequestTracker(self.request_series(method, transport), latency, started_at)
 
     def session(self) -> Session:
         """``with``/``async with``: a session from start to end, errors and cancellation too."""

@@ -58,7 +58,10 @@ class RequestSeries:
         self.by_status: dict[object, tuple[CounterChild, HistogramChild]] = {}
 
     def for_status(self, status: object) -> tuple[CounterChild, HistogramChild]:
-        children = self.by_status.get(status)
+        try:
+            children = self.by_status.get(status)
+        except TypeError:  # an unhashable status: not cached, its label is "other"
+            children = None
         if children is None:
             label = self._metrics.status_label(status)
             metrics = self._metrics
@@ -90,7 +93,9 @@ class RequestTracker:
         "status",
     )
 
-    def __init__(self, series: RequestSeries, latency: HistogramChild | None) -> None:
+    def __init__(
+        self, series: RequestSeries, latency: HistogramChild | None, started_at: float | None = None
+    ) -> None:
         self._series = series
         self._latency = latency
         #: set it to override the status the outcome implies ("timeout", 404, ...)
@@ -98,7 +103,7 @@ class RequestTracker:
         self._upstream_wait = 0.0
         self._upstream_since: float | None = None
         self._finished = False
-        self._start = perf_counter()
+        self._start = perf_counter() if started_at is None else started_at
 
     @property
     def method(self) -> str:
@@ -111,28 +116,35 @@ class RequestTracker:
     def response_size(self, size_bytes: float) -> None:
         self._series.response_size.observe(size_bytes)
 
-    def upstream_started(self) -> None:
-        """The request left for the upstream: the wait until ``upstream_finished`` is not
-        latency the proxy added."""
+    def upstream_started(self, at: float | None = None) -> None:
+        """The request left for the upstream (at ``at``, a ``perf_counter()`` reading, or
+        now): the wait until ``upstream_finished`` is not latency the proxy added."""
         if self._upstream_since is None:
-            self._upstream_since = perf_counter()
+            self._upstream_since = perf_counter() if at is None else at
 
-    def upstream_finished(self) -> None:
+    def upstream_finished(self, at: float | None = None) -> None:
         if self._upstream_since is not None:
-            self._upstream_wait += perf_counter() - self._upstream_since
+            end = perf_counter() if at is None else at
+            self._upstream_wait += end - self._upstream_since
             self._upstream_since = None
 
     def upstream_wait(self) -> _UpstreamWait:
         """``with req.upstream_wait(): await forward()`` (a plain ``with`` works in async code)."""
         return _UpstreamWait(self)
 
-    def finish(self, status: str | int | None = None, response_size: float | None = None) -> None:
-        """Record the request; later calls do nothing."""
+    def finish(
+        self,
+        status: str | int | None = None,
+        response_size: float | None = None,
+        at: float | None = None,
+    ) -> None:
+        """Record the request as ended now (or at ``at``); later calls do nothing."""
         if self._finished:
             return
         self._finished = True
-        self.upstream_finished()
-        elapsed = perf_counter() - self._start
+        end = perf_counter() if at is None else at
+        self.upstream_finished(end)
+        elapsed = end - self._start
         if status is None:
             status = self.status if self.status is not None else OK
         requests, duration = self._series.for_status(status)
