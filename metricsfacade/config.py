@@ -285,12 +285,52 @@ class ShadowcatSettings:
     max_clients: int = _setting(100, lambda v: _int(v, 0), lambda v: _int(_int_text(v), 0))
 
 
+def _rates(value: object) -> dict[str, float]:
+    if not isinstance(value, Mapping):
+        raise _Invalid(f"expected a table of method names to requests per second, got {value!r}")
+    return {_str(method): _positive_float(rate) for method, rate in value.items()}
+
+
+def _rates_env(value: object) -> dict[str, float]:
+    rates = {}
+    for part in _comma_list(value):
+        method, sep, rate = part.partition("=")
+        if not sep:
+            raise _Invalid(f"expected method=rate pairs separated by commas, got {value!r}")
+        rates[method.strip()] = _positive_float_env(rate)
+    return rates
+
+
+@attrs.frozen
+class ProxySettings:
+    """The ``[proxy]`` table of ``metricsfacade proxy``."""
+
+    #: the ``upstream`` label value of the proxied server
+    name: str = _setting("upstream", _str)
+    #: a request unanswered this long gets a JSON-RPC error and counts as a timeout
+    request_timeout_secs: float = _setting(60.0, _positive_float, _positive_float_env)
+    #: longer lines are dropped and answered with an error
+    max_line_bytes: int = _setting(
+        16 * 1024 * 1024, lambda v: _int(v, 1024), lambda v: _int(_int_text(v), 1024)
+    )
+    #: method -> requests per second (bursts of up to one second's worth)
+    rate_limits: dict[str, float] = _setting(attrs.Factory(dict), _rates, _rates_env)  # noqa: RUF009
+    #: restart the server when it exits, with backoff, guarded by the circuit breaker
+    restart: bool = _setting(False, _bool, _bool_env)
+    restart_backoff_secs: float = _setting(0.1, _positive_float, _positive_float_env)
+    #: consecutive failures (crashes, failed restarts) that open the breaker
+    breaker_failures: int = _setting(3, lambda v: _int(v, 1), lambda v: _int(_int_text(v), 1))
+    #: how long the breaker stays open before a trial restart (half-open)
+    breaker_reset_secs: float = _setting(5.0, _positive_float, _positive_float_env)
+
+
 #: Tables: the attribute of MetricsConfig and the attrs class that parses it.
 TABLES: dict[str, type[Any]] = {
     "prometheus": PrometheusSettings,
     "statsd": StatsdSettings,
     "datadog": DatadogSettings,
     "shadowcat": ShadowcatSettings,
+    "proxy": ProxySettings,
 }
 
 
@@ -368,6 +408,7 @@ class MetricsConfig:
     statsd: StatsdSettings = attrs.field(factory=StatsdSettings)
     datadog: DatadogSettings = attrs.field(factory=DatadogSettings)
     shadowcat: ShadowcatSettings = attrs.field(factory=ShadowcatSettings)
+    proxy: ProxySettings = attrs.field(factory=ProxySettings)
     custom_metrics: tuple[CustomMetric, ...] = _setting((), _custom_metrics, _no_env)
 
     @property

@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from strict_statsd import Line, MalformedLine, format_line, parse_datagram, parse_line
 
 import metricsfacade as mf
+from metricsfacade.backends.transport import WAKE_AT_LINES
 
 #: DogStatsd reads these itself; cleared for every test so the host's environment can't leak.
 DD_VARIABLES = (
@@ -48,7 +49,7 @@ DD_VARIABLES = (
     "DATADOG_TAGS",
 )
 UNSAFE = "|:#,@;="
-MAX_VALUE_CHARS = 200
+MAX_VALUE_BYTES = 200
 UDP_MAX_PACKET = 1432
 UDS_MAX_PACKET = 8192
 RECV_TIMEOUT = 3.0
@@ -321,15 +322,21 @@ def strict(line: bytes) -> Line:
 
 
 def reference_sanitize(value: str, folded: bool) -> str:
-    """The rule in lines.py's docstring, written from the prose: cut to 200 characters;
-    ``| : # , @ ; =`` and control characters (newlines included) -> ``_``; in folded names
-    also ``.`` and whitespace; an empty folded value is ``_``."""
+    """The rule in lines.py's docstring, written from the prose: ``| : # , @ ; =`` and
+    control characters (newlines included) -> ``_``; in folded names also ``.`` and
+    whitespace; then cut to 200 bytes of UTF-8 without splitting a character; an empty
+    folded value is ``_``."""
     out = []
-    for char in value[:MAX_VALUE_CHARS]:
+    size = 0
+    for char in value:
         unsafe = char in UNSAFE or strict_statsd.is_control(char)
         if folded and (char == "." or char.isspace()):
             unsafe = True
-        out.append("_" if unsafe else char)
+        kept = "_" if unsafe else char
+        size += len(kept.encode("utf-8", "surrogatepass"))
+        if size > MAX_VALUE_BYTES:
+            break
+        out.append(kept)
     text = "".join(out)
     return text or ("_" if folded else "")
 
@@ -761,11 +768,11 @@ def test_full_packets_sent_without_flush(wire):
     w = wire("statsd", flush_interval_secs=60.0, max_packet_size=100)
     counter = w.m.counter("shadowcat_requests_total", "h", labels=["n"])
     expected = []
-    for index in range(1000):  # 30-byte lines: three to a 100-byte packet
+    for index in range(WAKE_AT_LINES + 100):  # 30-byte lines: three to a 100-byte packet
         counter.labels(f"{index:04d}").inc()
         expected.append(b"shadowcat.requests:1|c|#n:%04d" % index)
     arrived = w.rx.datagrams(1, timeout=2.0)
-    assert arrived, "a backlog of 1000 lines was not sent without flush()"
+    assert arrived, "a backlog of lines was not sent without flush()"
     assert len(parse_datagram(arrived[0])) == 3  # a full packet, not a partial one
     assert [*arrived[0].split(b"\n"), *w.sync(settle=True)] == expected
 

@@ -12,8 +12,8 @@ So ``shadowcat_requests_total`` is ``shadowcat.requests`` and
 
 Sanitizing: a label value can never break a line. Each of ``| : # , @ ; =``, every control
 character (newlines included) and, where labels are folded into the name (``tag_format =
-"none"``), ``.`` and whitespace are replaced by ``_``; values are cut to 200 bytes of UTF-8
-(at a character boundary); an empty value becomes ``_`` in a folded name. The same input
+"none"``), ``.`` and whitespace are replaced by ``_``; then values are cut to 200 bytes of
+UTF-8 (at a character boundary); an empty value becomes ``_`` in a folded name. The same input
 always gives the same output.
 """
 
@@ -53,9 +53,9 @@ def sanitize(value: str, folded: bool = False) -> str:
         or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
         or (folded and char.isspace())
         else char
-        for char in _cut(value)
+        for char in value
     )
-    return cleaned or ("_" if folded else "")
+    return _cut(cleaned) or ("_" if folded else "")
 
 
 def _cut(value: str) -> str:

@@ -33,7 +33,7 @@ MAX_QUEUED_LINES = 100_000
 #: How long close() may spend sending what is queued (plus one send's socket timeout).
 CLOSE_TIMEOUT_SECS = 5.0
 #: Queued lines that wake the flusher before its interval: about a full UDP packet's worth.
-WAKE_AT_LINES = 32
+WAKE_AT_LINES = 1000
 
 
 class Transport(Protocol):

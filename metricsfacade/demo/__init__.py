@@ -1,0 +1,1 @@
+"""The bundled demo: an MCP server, a traffic-driving client, and the ``demo`` command."""
