@@ -9,6 +9,7 @@ import sys
 
 from metricsfacade.bench import print_report, run_bench
 from metricsfacade.check import run_check
+from metricsfacade.demo.run import run_demo
 from metricsfacade.errors import MetricsError
 from metricsfacade.proxy import run_proxy
 
@@ -44,7 +45,23 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--rounds", type=int, default=15)
     bench.add_argument("--target", type=float, default=5.0, help="percent (default 5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    demo = commands.add_parser(
+        "demo",
+        help="the proxy in front of a bundled MCP server, under realistic traffic",
+        description="Serves the metrics endpoint (127.0.0.1:9090 unless the config says "
+        "otherwise), drives traffic with errors, a rate-limit burst and a server crash that "
+        "trips the circuit breaker, and ends with a summary.",
+    )
+    demo.add_argument("--config", metavar="FILE", help="a TOML file (default: built-in)")
+    demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
     args = parser.parse_args(argv)
+    if args.command == "demo":
+        logging.basicConfig(stream=sys.stderr, level=logging.ERROR)  # the summary tells
+        try:
+            return run_demo(args.config, args.duration, sys.stdout)
+        except MetricsError as exc:
+            print(f"metricsfacade demo: {exc}", file=sys.stderr)
+            return 2
     if args.command == "bench":
         return _bench(args)
     if args.command == "check":
