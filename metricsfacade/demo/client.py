@@ -6,7 +6,7 @@ import itertools
 import json
 import random
 from time import perf_counter
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import attrs
 
@@ -21,7 +21,7 @@ class Outcome:
 
 
 class DemoClient:
-    def __init__(self, to_proxy: BinaryIO, from_proxy: BinaryIO, seed: int = 7) -> None:
+    def __init__(self, to_proxy: IO[bytes], from_proxy: IO[bytes], seed: int = 7) -> None:
         self._out = to_proxy
         self._in = from_proxy
         self._ids = itertools.count(1)

@@ -11,79 +11,114 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import subprocess
 import sys
 import threading
 import time
-from typing import TextIO
+import urllib.request
+from typing import IO, TextIO
 
-import attrs
+from prometheus_client.parser import text_string_to_metric_families
 
-import metricsfacade as mf
-from metricsfacade.backends.store import HistogramCell, StoreBackend
-from metricsfacade.config import ConfigSource, MetricsConfig, load_config
+from metricsfacade.config import ProxySettings, load_config
 from metricsfacade.demo.client import DemoClient, Outcome
-from metricsfacade.proxy import StdioProxy
-from metricsfacade.shadowcat import ShadowcatMetrics, SystemCollector
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
-#: The demo's proxy settings when the config leaves them at their defaults.
-DEMO_PROXY = {
-    "name": "demo-server",
-    "rate_limits": {"tools/call": 150.0},
-    "restart": True,
-    "restart_backoff_secs": 0.2,
-    "breaker_failures": 1,
-    "breaker_reset_secs": 3.0,
+#: The demo's proxy settings, as environment variables (a config file's [proxy] table wins).
+DEMO_PROXY_ENV = {
+    "METRICSFACADE_PROXY__NAME": "demo-server",
+    "METRICSFACADE_PROXY__RATE_LIMITS": "tools/call=150",
+    "METRICSFACADE_PROXY__RESTART": "true",
+    "METRICSFACADE_PROXY__RESTART_BACKOFF_SECS": "0.2",
+    "METRICSFACADE_PROXY__BREAKER_FAILURES": "1",
+    "METRICSFACADE_PROXY__BREAKER_RESET_SECS": "3",
 }
 #: Requests per second of the steady traffic (bursts and crashes come on top).
 PACE_PER_SEC = 200.0
 BURST_EVERY_SECS = 10.0
 CRASH_AT_SECS = 6.0
+METRICS_URL = re.compile(r"metrics at (http\S+)")
 
 
-def demo_config(source: ConfigSource) -> MetricsConfig:
-    config = load_config(source)
-    if config.proxy == MetricsConfig().proxy:
-        config = attrs.evolve(config, proxy=load_config({"proxy": DEMO_PROXY}, environ={}).proxy)
-    return config
-
-
-def run_demo(source: ConfigSource, duration: float, out: TextIO) -> int:
-    config = demo_config(source)
-    facade = mf.configure(config, environ={})
-    shadowcat = ShadowcatMetrics(facade)
-    SystemCollector(facade)
-    client_read, proxy_write = os.pipe()
-    proxy_read, client_write = os.pipe()
-    proxy = StdioProxy(
-        SERVER,
-        config.proxy,
-        shadowcat,
-        os.fdopen(proxy_read, "rb"),
-        os.fdopen(proxy_write, "wb"),
+def run_demo(config_path: str | None, duration: float, out: TextIO) -> int:
+    """Run ``metricsfacade proxy`` (a real subprocess) and drive traffic through it."""
+    command = [sys.executable, "-m", "metricsfacade", "proxy"]
+    if config_path:
+        command += ["--config", config_path]
+    env = dict(os.environ)
+    if load_config(config_path).proxy == ProxySettings():  # also validates the config early
+        for name, value in DEMO_PROXY_ENV.items():
+            env.setdefault(name, value)
+    proxy = subprocess.Popen(
+        [*command, "--", *SERVER],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
-    facade.add_readiness_check("upstream", lambda: proxy.ready)
-    runner = threading.Thread(target=proxy.run, name="demo-proxy", daemon=True)
-    runner.start()
-    client = DemoClient(os.fdopen(client_write, "wb"), os.fdopen(client_read, "rb"))
-    url = facade.endpoint_url
-    if url:
-        print(f"metrics: {url}{config.path}   health: {url}/health   ready: {url}/ready", file=out)
+    assert proxy.stdin is not None
+    assert proxy.stdout is not None
+    assert proxy.stderr is not None
+    log = _ProxyLog(proxy.stderr)
+    client = DemoClient(proxy.stdin, proxy.stdout)
     outcomes: list[Outcome] = []
     started = time.monotonic()
     try:
         outcomes.append(client.initialize())
+        url = log.metrics_url(timeout=5)
+        if url:
+            base = url.rsplit("/", 1)[0]
+            print(f"metrics: {url}   health: {base}/health   ready: {base}/ready", file=out)
         _drive(client, outcomes, started, duration, out)
     except KeyboardInterrupt:
         pass
+    except EOFError:
+        print(f"\nthe proxy stopped:\n{log.tail()}", file=out)
+        return 1
     finally:
-        proxy.stop()
-        runner.join(5)
         if out.isatty():
             print(file=out)
-        _summary(outcomes, facade, time.monotonic() - started, url, config, out=out)
-        facade.close()
+    url = log.metrics_url(timeout=0)
+    exposition = _fetch(url) if url else ""
+    proxy.stdin.close()
+    proxy.wait(10)
+    _summary(outcomes, exposition, time.monotonic() - started, url, out=out)
     return 0
+
+
+class _ProxyLog:
+    """The proxy's stderr, read on a thread: its endpoint URL and its last lines."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self._lines: list[str] = []
+        self._url: str | None = None
+        self._found = threading.Event()
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            line = raw.decode(errors="replace").rstrip()
+            self._lines.append(line)
+            match = METRICS_URL.search(line)
+            if match and self._url is None:
+                self._url = match.group(1)
+                self._found.set()
+
+    def metrics_url(self, timeout: float) -> str | None:
+        self._found.wait(timeout)
+        return self._url
+
+    def tail(self) -> str:
+        return "\n".join(self._lines[-10:])
+
+
+def _fetch(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
+    except OSError:
+        return ""
 
 
 def _drive(
@@ -136,37 +171,54 @@ class _Progress:
 
 
 def _summary(
-    outcomes: list[Outcome],
-    facade: mf.Metrics,
-    elapsed: float,
-    url: str | None,
-    config: MetricsConfig,
-    *,
-    out: TextIO,
+    outcomes: list[Outcome], exposition: str, elapsed: float, url: str | None, *, out: TextIO
 ) -> None:
     latencies = sorted(outcome.seconds for outcome in outcomes) or [math.nan]
     errors = sum(1 for outcome in outcomes if outcome.error_code is not None)
     refused = sum(1 for outcome in outcomes if outcome.error_code == -32002)
     unavailable = sum(1 for outcome in outcomes if outcome.error_code == -32000)
-    added = _proxy_added(facade)
+    samples = _samples(exposition)
+    count = samples.get("shadowcat_proxy_latency_seconds_count", 0.0)
+    added = (
+        samples.get("shadowcat_proxy_latency_seconds_sum", math.nan) / count if count else math.nan
+    )
+    rate = len(outcomes) / max(elapsed, 1e-9)
     rows = [
-        (
-            "requests",
-            f"{len(outcomes)} in {elapsed:.1f} s ({len(outcomes) / max(elapsed, 1e-9):.0f}/s)",
-        ),
+        ("requests", f"{len(outcomes)} in {elapsed:.1f} s ({rate:.0f}/s)"),
         (
             "latency p50 / p95",
             f"{_ms(_quantile(latencies, 0.5))} / {_ms(_quantile(latencies, 0.95))}",
         ),
         ("proxy-added latency (mean)", _ms(added)),
         ("errors", f"{errors} ({refused} rate-limited, {unavailable} while the server was down)"),
+        ("upstream errors", _by_label(exposition, "shadowcat_upstream_errors_total", "error_type")),
     ]
     if url:
-        rows.append(("metrics", f"{url}{config.path}"))
-        rows.append(("health / ready", f"{url}/health  {url}/ready"))
+        base = url.rsplit("/", 1)[0]
+        rows += [("metrics", url), ("health / ready", f"{base}/health  {base}/ready")]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}", file=out)
+
+
+def _by_label(exposition: str, sample_name: str, label: str) -> str:
+    """``a=1, b=2``: a counter's values by one label."""
+    counts: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name == sample_name and sample.value:
+                key = sample.labels.get(label, "")
+                counts[key] = counts.get(key, 0.0) + sample.value
+    return ", ".join(f"{key}={value:g}" for key, value in sorted(counts.items())) or "none"
+
+
+def _samples(exposition: str) -> dict[str, float]:
+    """Each sample name's total over its label sets."""
+    totals: dict[str, float] = {}
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def _quantile(ordered: list[float], quantile: float) -> float:
@@ -175,23 +227,6 @@ def _quantile(ordered: list[float], quantile: float) -> float:
 
 def _ms(seconds: float) -> str:
     return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.2f} ms"
-
-
-def _proxy_added(facade: mf.Metrics) -> float:
-    """Mean of shadowcat_proxy_latency_seconds, read from the Prometheus backend's cells."""
-    try:
-        backend = facade.backend("prometheus")
-    except KeyError:
-        return math.nan  # a push-only config: the agents have it
-    assert isinstance(backend, StoreBackend)
-    stored = backend.store.get("shadowcat_proxy_latency_seconds")
-    count = total = 0.0
-    for _, cell in backend.store.snapshot(stored) if stored else ():
-        if isinstance(cell, HistogramCell):
-            reading = cell.read()
-            count += reading.count
-            total += reading.sum
-    return total / count if count else math.nan
 
 
 __all__ = ["run_demo"]

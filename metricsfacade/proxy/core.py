@@ -72,8 +72,9 @@ class StdioProxy:
         self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
         self._server_requests: dict[Any, RequestTracker] = {}  # server requests awaiting the client
         self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
-        #: (line, received, written) forwarded to the client, not yet recorded
-        self._from_server: deque[tuple[bytes, float, float]] = deque()
+        #: [line, received, written] forwarded to the client, not yet recorded
+        self._from_server: deque[list[Any]] = deque()
+        self._recording = threading.RLock()
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
             settings.breaker_failures,
@@ -140,19 +141,22 @@ class StdioProxy:
                 messages = parse_line(line)
                 if not self._admit(messages, started):
                     continue
-            try:
-                self._upstream.send(line)
-            except OSError:
-                messages = messages if messages is not None else parse_line(line)
-                self._refuse(messages, started, "the server is not running")
-                continue
-            sent = perf_counter()
-            if self._tape is not None:
-                self._tape.record(CLIENT_TO_SERVER, line)
-            self._record_from_server()  # first: a response may answer a server request
-            self._track_from_client(
-                parse_line(line) if messages is None else messages, line, started, sent
-            )
+            # Held from forwarding until the request is registered: a response drained by
+            # another thread in between would find no request to match.
+            with self._recording:
+                try:
+                    self._upstream.send(line)
+                except OSError:
+                    messages = messages if messages is not None else parse_line(line)
+                    self._refuse(messages, started, "the server is not running")
+                    continue
+                sent = perf_counter()
+                if self._tape is not None:
+                    self._tape.record(CLIENT_TO_SERVER, line)
+                self._track_from_client(
+                    parse_line(line) if messages is None else messages, line, started, sent
+                )
+                self._drain_from_server()
 
     def _admit(self, messages: list[Message] | None, started: float) -> bool:
         """Answer for the server when it is down or a request is over its rate limit."""
@@ -211,6 +215,9 @@ class StdioProxy:
                     self._initialized_note = line
             elif message.kind == "response":
                 server_request = self._server_requests.pop(message.id, None)
+                if server_request is None:  # its request may still wait in the queue
+                    self._drain_from_server()
+                    server_request = self._server_requests.pop(message.id, None)
                 if server_request is None:
                     metrics.upstream_error(self._name, "unknown_id")
                 else:
@@ -249,21 +256,30 @@ class StdioProxy:
                 if messages and len(messages) == 1 and messages[0].id in self._swallow:
                     self._swallowed(messages[0])
                     continue
+            # Queued before it reaches the client, whose answer may come back at once.
+            entry = [line, received, 0.0]
+            self._from_server.append(entry)
             self._reply(line)
-            self._from_server.append((line, received, perf_counter()))
+            entry[2] = perf_counter()
             if self._tape is not None:
                 self._tape.record(SERVER_TO_CLIENT, line)
         self._on_server_exit()
 
     def _record_from_server(self) -> None:
-        """Record what the server pump forwarded (any thread; each line exactly once)."""
+        """Record what the server pump forwarded, from any thread."""
+        with self._recording:
+            self._drain_from_server()
+
+    def _drain_from_server(self) -> None:
+        """Record what the server pump forwarded; the caller holds ``_recording``."""
         queue = self._from_server
         while True:
             try:
                 line, received, written = queue.popleft()
             except IndexError:
                 return
-            self._track_from_server(parse_line(line), line, received, written)
+            # written is 0.0 while the server pump is still writing it: call it now
+            self._track_from_server(parse_line(line), line, received, written or perf_counter())
 
     def _track_from_server(
         self, messages: list[Message] | None, line: bytes, received: float, written: float
@@ -382,14 +398,17 @@ class StdioProxy:
     def _watchdog(self) -> None:
         """Answers requests the server left unanswered past request_timeout_secs."""
         while not self._closing.wait(WATCHDOG_INTERVAL_SECS):
-            self._record_from_server()  # a queued response is not a timeout
-            now = time.monotonic()
-            for key, pending in list(self._pending.items()):
-                if pending.deadline <= now and self._pending.pop(key, None) is not None:
-                    self._swallow.add(key)  # its late response must not follow our answer
-                    self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
-                    pending.tracker.finish(TIMEOUT)
-                    self._metrics.upstream_error(self._name, "timeout")
+            with self._recording:
+                self._drain_from_server()  # a queued response is not a timeout
+                now = time.monotonic()
+                for key, pending in list(self._pending.items()):
+                    if pending.deadline <= now and self._pending.pop(key, None) is not None:
+                        self._swallow.add(key)  # its late response must not follow our answer
+                        self._reply(
+                            error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out")
+                        )
+                        pending.tracker.finish(TIMEOUT)
+                        self._metrics.upstream_error(self._name, "timeout")
 
     # -- plumbing ---------------------------------------------------------------------------
 
