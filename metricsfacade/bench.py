@@ -8,11 +8,12 @@ noise on a shared machine hits every path alike:
 - ``proxy_<backend>``: through the proxy recording into prometheus, statsd or datadog (the
   last two to local UDP receivers), and ``proxy_all`` into all three.
 
-A round sends ``requests`` ``tools/call`` requests down each path, one at a time and taking
-turns (request 1 on every path, then request 2...), so every path sees the same moment of the
-machine. The proxy's own overhead is ``proxy_disabled`` against ``direct``; the
-instrumentation overhead of a backend is its path against ``proxy_disabled``, in percent: the
-median, over rounds, of the ratio of the two paths' median latencies in that round.
+Each round starts fresh processes for every path and sends ``requests`` ``tools/call``
+requests down each, one at a time and taking turns (request 1 on every path, then request
+2...), so every path sees the same moments and the same luck of CPU placement. The proxy's
+own overhead is ``proxy_disabled`` against ``direct``; the instrumentation overhead of a
+backend is its path against ``proxy_disabled``, in percent: the median, over rounds, of the
+ratio of the two paths' median latencies in that round.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import attrs
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
 BACKEND_PATHS = ("prometheus", "statsd", "datadog", "all")
+WARMUP_REQUESTS = 30
 DEFAULT_TARGET_PERCENT = 5.0
 
 
@@ -122,32 +124,40 @@ def _paths(receiver_port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
 def run_bench(requests: int, rounds: int, target_percent: float) -> dict[str, Any]:
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the agents' stand-in
     receiver.bind(("127.0.0.1", 0))
-    peers = {
-        name: Peer(command, env)
-        for name, (command, env) in _paths(receiver.getsockname()[1]).items()
-    }
-    samples: dict[str, list[float]] = {name: [] for name in peers}
-    round_medians: dict[str, list[float]] = {name: [] for name in peers}
-    params = {"name": "echo", "arguments": {"text": "benchmark"}}
+    paths = _paths(receiver.getsockname()[1])
+    samples: dict[str, list[float]] = {name: [] for name in paths}
+    round_medians: dict[str, list[float]] = {name: [] for name in paths}
     try:
-        for peer in peers.values():  # warm up every path
-            for _ in range(min(50, requests)):
-                peer.call("tools/call", params)
-        names = list(peers)
         for round_index in range(rounds):
-            latencies: dict[str, list[float]] = {name: [] for name in names}
-            for request_index in range(requests):
-                shift = (round_index + request_index) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    latencies[name].append(peers[name].call("tools/call", params))
-            for name, values in latencies.items():
+            for name, values in _round(paths, requests, round_index).items():
                 samples[name].extend(values)
                 round_medians[name].append(statistics.median(values))
     finally:
-        for peer in peers.values():
-            peer.close()
         receiver.close()
     return _report(samples, round_medians, requests, rounds, target_percent)
+
+
+def _round(
+    paths: dict[str, tuple[list[str], dict[str, str]]], requests: int, round_index: int
+) -> dict[str, list[float]]:
+    """One round on fresh processes (so no path keeps a lucky or unlucky CPU placement),
+    the paths taking turns request by request."""
+    peers = {name: Peer(command, env) for name, (command, env) in paths.items()}
+    params = {"name": "echo", "arguments": {"text": "benchmark"}}
+    try:
+        for peer in peers.values():  # warm up every path
+            for _ in range(WARMUP_REQUESTS):
+                peer.call("tools/call", params)
+        names = list(peers)
+        latencies: dict[str, list[float]] = {name: [] for name in names}
+        for request_index in range(requests):
+            shift = (round_index + request_index) % len(names)
+            for name in names[shift:] + names[:shift]:
+                latencies[name].append(peers[name].call("tools/call", params))
+        return latencies
+    finally:
+        for peer in peers.values():
+            peer.close()
 
 
 def _report(

@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         description="Interleaved rounds of direct, proxy without metrics, and proxy with each "
         "backend. Exit 1 when an instrumentation overhead exceeds the target.",
     )
-    bench.add_argument("--requests", type=int, default=200, help="requests per path per round")
-    bench.add_argument("--rounds", type=int, default=15)
+    bench.add_argument("--requests", type=int, default=300, help="requests per path per round")
+    bench.add_argument("--rounds", type=int, default=12)
     bench.add_argument("--target", type=float, default=5.0, help="percent (default 5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     demo = commands.add_parser(

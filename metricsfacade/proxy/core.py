@@ -7,10 +7,12 @@ open, server down, a late response to a request already answered) inspect a line
 goes on. Requests are correlated with responses by id in both directions; the time a
 request spends with the server is excluded from ``shadowcat_proxy_latency_seconds``.
 
-The server pump only queues what it forwarded; the client pump records it right after
-forwarding the next request, while the server works on that one, so with a client waiting
-for each response the recording costs it nothing. The watchdog records what is left every
-250 ms, so a quiet proxy's metrics are at most that late.
+Neither pump records anything: each queues what it relayed (the client pump before writing
+to the server, the server pump before writing to the client, so a request is always queued
+before its response) and a recorder thread turns the queue into metrics, yielding the GIL
+after each message so a pump with a line to relay never waits for bookkeeping. The recorder
+also answers requests that outlive ``request_timeout_secs``. Metrics lag the traffic by a few
+milliseconds.
 """
 
 from __future__ import annotations
@@ -37,7 +39,12 @@ logger = logging.getLogger("metricsfacade.proxy")
 TRANSPORT = "stdio"
 REPLAY_ID = "metricsfacade-replay"
 MAX_RESTART_BACKOFF_SECS = 5.0
-WATCHDOG_INTERVAL_SECS = 0.25
+#: How often the recorder looks for new messages when idle, and for expired requests.
+RECORDER_POLL_SECS = 0.002
+TIMEOUT_CHECK_SECS = 0.25
+#: Queue entries: [origin, line, read at, relayed at (0.0 until relayed), parsed messages]
+FROM_CLIENT, FROM_SERVER, SERVER_EXIT, NOT_RELAYED = "client", "server", "exit", "none"
+NOT_PARSED: Any = object()
 
 
 class _Pending:
@@ -72,9 +79,10 @@ class StdioProxy:
         self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
         self._server_requests: dict[Any, RequestTracker] = {}  # server requests awaiting the client
         self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
-        #: [line, received, written] forwarded to the client, not yet recorded
-        self._from_server: deque[list[Any]] = deque()
-        self._recording = threading.RLock()
+        #: what the pumps relayed, in order, for the recorder (see the module docstring)
+        self._relayed: deque[list[Any]] = deque()
+        self._recorder_stop = threading.Event()
+        self._recorder: threading.Thread | None = None
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
             settings.breaker_failures,
@@ -98,11 +106,9 @@ class StdioProxy:
         """Relay until the client closes its side (or the server exits, without restart);
         returns the exit status for the proxy process."""
         self._start_server()
-        for target, name in (
-            (self._watchdog, "proxy-watchdog"),
-            (self._run_client, "proxy-client-pump"),
-        ):
-            threading.Thread(target=target, name=name, daemon=True).start()
+        self._recorder = threading.Thread(target=self._record, name="proxy-recorder", daemon=True)
+        self._recorder.start()
+        threading.Thread(target=self._run_client, name="proxy-client-pump", daemon=True).start()
         try:
             self._closing.wait()
         finally:
@@ -141,22 +147,22 @@ class StdioProxy:
                 messages = parse_line(line)
                 if not self._admit(messages, started):
                     continue
-            # Held from forwarding until the request is registered: a response drained by
-            # another thread in between would find no request to match.
-            with self._recording:
-                try:
-                    self._upstream.send(line)
-                except OSError:
-                    messages = messages if messages is not None else parse_line(line)
-                    self._refuse(messages, started, "the server is not running")
-                    continue
-                sent = perf_counter()
-                if self._tape is not None:
-                    self._tape.record(CLIENT_TO_SERVER, line)
-                self._track_from_client(
-                    parse_line(line) if messages is None else messages, line, started, sent
+            entry = [FROM_CLIENT, line, started, 0.0, NOT_PARSED if messages is None else messages]
+            self._relayed.append(entry)  # queued first: it must precede its response
+            try:
+                self._upstream.send(line)
+            except OSError:
+                entry[0] = NOT_RELAYED
+                entry[3] = started
+                self._refuse(
+                    messages if messages is not None else parse_line(line),
+                    started,
+                    "the server is not running",
                 )
-                self._drain_from_server()
+                continue
+            entry[3] = perf_counter()
+            if self._tape is not None:
+                self._tape.record(CLIENT_TO_SERVER, line)
 
     def _admit(self, messages: list[Message] | None, started: float) -> bool:
         """Answer for the server when it is down or a request is over its rate limit."""
@@ -215,9 +221,6 @@ class StdioProxy:
                     self._initialized_note = line
             elif message.kind == "response":
                 server_request = self._server_requests.pop(message.id, None)
-                if server_request is None:  # its request may still wait in the queue
-                    self._drain_from_server()
-                    server_request = self._server_requests.pop(message.id, None)
                 if server_request is None:
                     metrics.upstream_error(self._name, "unknown_id")
                 else:
@@ -257,29 +260,49 @@ class StdioProxy:
                     self._swallowed(messages[0])
                     continue
             # Queued before it reaches the client, whose answer may come back at once.
-            entry = [line, received, 0.0]
-            self._from_server.append(entry)
+            entry = [FROM_SERVER, line, received, 0.0, NOT_PARSED if messages is None else messages]
+            self._relayed.append(entry)
             self._reply(line)
-            entry[2] = perf_counter()
+            entry[3] = perf_counter()
             if self._tape is not None:
                 self._tape.record(SERVER_TO_CLIENT, line)
         self._on_server_exit()
 
-    def _record_from_server(self) -> None:
-        """Record what the server pump forwarded, from any thread."""
-        with self._recording:
-            self._drain_from_server()
+    # -- the recorder -----------------------------------------------------------------------
 
-    def _drain_from_server(self) -> None:
-        """Record what the server pump forwarded; the caller holds ``_recording``."""
-        queue = self._from_server
+    def _record(self) -> None:
+        """Turn the relayed queue into metrics, in order, until stopped and drained."""
+        queue = self._relayed
+        next_check = time.monotonic() + TIMEOUT_CHECK_SECS
         while True:
             try:
-                line, received, written = queue.popleft()
+                entry = queue.popleft()
             except IndexError:
-                return
-            # written is 0.0 while the server pump is still writing it: call it now
-            self._track_from_server(parse_line(line), line, received, written or perf_counter())
+                if self._recorder_stop.is_set():
+                    return
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + TIMEOUT_CHECK_SECS
+                    self._expire_requests()
+                time.sleep(RECORDER_POLL_SECS)
+                continue
+            while entry[3] == 0.0:  # its pump is still relaying it
+                time.sleep(0)
+            try:
+                self._record_entry(entry)
+            except Exception:
+                logger.exception("metricsfacade proxy: recording a message failed")
+            time.sleep(0)  # hand the GIL to a pump with a line to relay, if there is one
+
+    def _record_entry(self, entry: list[Any]) -> None:
+        origin, line, read_at, relayed_at, messages = entry
+        if origin == FROM_CLIENT:
+            parsed = parse_line(line) if messages is NOT_PARSED else messages
+            self._track_from_client(parsed, line, read_at, relayed_at)
+        elif origin == FROM_SERVER:
+            parsed = parse_line(line) if messages is NOT_PARSED else messages
+            self._track_from_server(parsed, line, read_at, relayed_at)
+        elif origin == SERVER_EXIT:
+            self._server_exited(line)
 
     def _track_from_server(
         self, messages: list[Message] | None, line: bytes, received: float, written: float
@@ -344,22 +367,27 @@ class StdioProxy:
         return True
 
     def _on_server_exit(self) -> None:
-        self._record_from_server()  # match what the server did answer before failing the rest
+        """The server pump saw the server's output end."""
         self._server_up.clear()
         self._initialized.clear()
         code = self._upstream.wait()
         if self._closing.is_set():
             return
         logger.warning("metricsfacade proxy: the server exited with status %s", code)
+        # After what it answered, so those are matched before the rest is failed.
+        self._relayed.append([SERVER_EXIT, code, 0.0, 1.0, None])
+        if self._settings.restart:
+            self._breaker.failure()
+            threading.Thread(target=self._restart, name="proxy-restart", daemon=True).start()
+
+    def _server_exited(self, code: int) -> None:
+        """The recorder's part of an exit: count it, fail what is pending, maybe stop."""
         self._metrics.upstream_error(self._name, "exit")
         self._fail_pending("the server exited")
         if not self._settings.restart:
             self._exit_code = code if code > 0 else 1
             self._closing.set()
             self._close_client_side()
-            return
-        self._breaker.failure()
-        threading.Thread(target=self._restart, name="proxy-restart", daemon=True).start()
 
     def _restart(self) -> None:
         delay = self._settings.restart_backoff_secs
@@ -395,20 +423,16 @@ class StdioProxy:
                 self._reply(error_response(key, jsonrpc.UPSTREAM_UNAVAILABLE, why))
                 pending.tracker.finish(ERROR)
 
-    def _watchdog(self) -> None:
-        """Answers requests the server left unanswered past request_timeout_secs."""
-        while not self._closing.wait(WATCHDOG_INTERVAL_SECS):
-            with self._recording:
-                self._drain_from_server()  # a queued response is not a timeout
-                now = time.monotonic()
-                for key, pending in list(self._pending.items()):
-                    if pending.deadline <= now and self._pending.pop(key, None) is not None:
-                        self._swallow.add(key)  # its late response must not follow our answer
-                        self._reply(
-                            error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out")
-                        )
-                        pending.tracker.finish(TIMEOUT)
-                        self._metrics.upstream_error(self._name, "timeout")
+    def _expire_requests(self) -> None:
+        """Answer requests the server left unanswered past request_timeout_secs."""
+        now = time.monotonic()
+        for key, pending in list(self._pending.items()):
+            if pending.deadline <= now:
+                del self._pending[key]
+                self._swallow.add(key)  # its late response must not follow our answer
+                self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
+                pending.tracker.finish(TIMEOUT)
+                self._metrics.upstream_error(self._name, "timeout")
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -432,7 +456,9 @@ class StdioProxy:
     def _shutdown(self) -> None:
         self._closing.set()
         self._upstream.stop()
-        self._record_from_server()
+        self._recorder_stop.set()
+        if self._recorder is not None and self._recorder is not threading.current_thread():
+            self._recorder.join(5)  # it records what is queued, then stops
         self._fail_pending("the proxy is shutting down")
         if self._session is not None:
             self._session.__exit__(None, None, None)
