@@ -477,7 +477,12 @@ class Metrics:
         that validate their own input (``metric`` must be a bounded, declared name)."""
         if self._strict:
             raise RecordError(f"metric {metric!r}: {detail}")
-        self._dropped.labels(metric, reason).inc()
+        self.count_dropped(metric, reason, detail)
+
+    def count_dropped(self, metric: str, reason: str, detail: str, count: float = 1) -> None:
+        """Count ``count`` recordings dropped (never raises; logged once per metric and
+        reason). For code that drops recordings on purpose, such as an overloaded proxy."""
+        self._dropped.labels(metric, reason).inc(count)
         self._report_once(metric, reason, f"dropped a recording of {metric!r}: {detail}")
 
     def _record_failed(self, handle: MetricHandle[Any], exc: Exception, value: object) -> None:

@@ -39,6 +39,8 @@ logger = logging.getLogger("metricsfacade.proxy")
 TRANSPORT = "stdio"
 REPLAY_ID = "metricsfacade-replay"
 MAX_RESTART_BACKOFF_SECS = 5.0
+#: Relayed messages waiting for the recorder beyond this are relayed but not recorded.
+MAX_UNRECORDED = 100_000
 #: How often the recorder looks for new messages when idle, and for expired requests.
 RECORDER_POLL_SECS = 0.002
 TIMEOUT_CHECK_SECS = 0.25
@@ -82,6 +84,7 @@ class StdioProxy:
         #: what the pumps relayed, in order, for the recorder (see the module docstring)
         self._relayed: deque[list[Any]] = deque()
         self._recorder_stop = threading.Event()
+        self._unrecorded = 0  # messages relayed while the queue was full
         self._recorder: threading.Thread | None = None
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
@@ -148,7 +151,7 @@ class StdioProxy:
                 if not self._admit(messages, started):
                     continue
             entry = [FROM_CLIENT, line, started, 0.0, NOT_PARSED if messages is None else messages]
-            self._relayed.append(entry)  # queued first: it must precede its response
+            self._queue(entry)  # queued first: it must precede its response
             try:
                 self._upstream.send(line)
             except OSError:
@@ -261,7 +264,7 @@ class StdioProxy:
                     continue
             # Queued before it reaches the client, whose answer may come back at once.
             entry = [FROM_SERVER, line, received, 0.0, NOT_PARSED if messages is None else messages]
-            self._relayed.append(entry)
+            self._queue(entry)
             self._reply(line)
             entry[3] = perf_counter()
             if self._tape is not None:
@@ -269,6 +272,12 @@ class StdioProxy:
         self._on_server_exit()
 
     # -- the recorder -----------------------------------------------------------------------
+
+    def _queue(self, entry: list[Any]) -> None:
+        if len(self._relayed) < MAX_UNRECORDED:
+            self._relayed.append(entry)
+        else:  # the recorder is far behind: relay without recording, and count it
+            self._unrecorded += 1
 
     def _record(self) -> None:
         """Turn the relayed queue into metrics, in order, until stopped and drained."""
@@ -283,6 +292,7 @@ class StdioProxy:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + TIMEOUT_CHECK_SECS
                     self._expire_requests()
+                    self._report_unrecorded()
                 time.sleep(RECORDER_POLL_SECS)
                 continue
             while entry[3] == 0.0:  # its pump is still relaying it
@@ -292,6 +302,16 @@ class StdioProxy:
             except Exception:
                 logger.exception("metricsfacade proxy: recording a message failed")
             time.sleep(0)  # hand the GIL to a pump with a line to relay, if there is one
+
+    def _report_unrecorded(self) -> None:
+        count, self._unrecorded = self._unrecorded, 0
+        if count:
+            self._metrics.facade.count_dropped(
+                "shadowcat_requests_total",
+                "proxy_overloaded",
+                f"{count} messages relayed but not recorded: the recorder fell behind",
+                count,
+            )
 
     def _record_entry(self, entry: list[Any]) -> None:
         origin, line, read_at, relayed_at, messages = entry
