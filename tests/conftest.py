@@ -13,6 +13,8 @@
   Its UDP socket asks for an 8 MB receive buffer (see ``sinks.UDP_SERVER_JS``: the stock
   one drops most of a burst of datagrams); it never flushes during a test.
 - ``start_statsd`` (per test): a factory, ``start_statsd()``, for tests needing several.
+- ``mcp_server_everything``: the command (a list) running the MCP reference server on stdio;
+  a missing install skips the test, or fails it under ``REQUIRE_REAL_SINKS=1``.
 """
 
 from __future__ import annotations
@@ -101,3 +103,9 @@ def start_statsd(
 def statsd_daemon(start_statsd: StartStatsd) -> sinks.StatsdDaemon:
     """A fresh StatsD daemon for this test."""
     return start_statsd()
+
+
+@pytest.fixture(scope="session")
+def mcp_server_everything() -> list[str]:
+    """``[.../mcp-server-everything, "stdio"]`` (see ``sinks.require_mcp_server_everything``)."""
+    return sinks.require_mcp_server_everything()

@@ -1,5 +1,6 @@
 """Start and query real external sinks (a Prometheus server, promtool, the Etsy StatsD
-daemon) from tests.
+daemon) and real MCP peers (the reference server ``mcp-server-everything``, the proxy's
+stderr log) from tests.
 
 Standard library only, so importing this module (conftest.py does) stays cheap.
 
@@ -17,6 +18,8 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -791,3 +794,106 @@ def _unquote(token: str) -> str:
         out.append(char)
         index += 1
     return "".join(out)
+
+
+# -- the MCP reference server and the proxy under test ---------------------------------------
+
+#: Where scripts/install-test-deps installs @modelcontextprotocol/server-everything with npm.
+MCP_SERVER_EVERYTHING = Path("node_modules") / ".bin" / "mcp-server-everything"
+#: The line ``metricsfacade proxy`` logs on stderr once its endpoint serves.
+PROXY_METRICS_URL_RE = re.compile(r"metricsfacade proxy: metrics at (http://\S+)")
+PROXY_START_TIMEOUT_SECS = 20.0
+
+
+def sinks_dir() -> Path:
+    """``$TEST_SINKS_DIR``, else the default install directory of the npm packages."""
+    base = os.environ.get(SINKS_DIR_ENV, "").strip()
+    return Path(base) if base else DEFAULT_SINKS_DIR
+
+
+def require_mcp_server_everything() -> list[str]:
+    """The command running ``mcp-server-everything`` on stdio; skip the test if it is not
+    installed (fail under REQUIRE_REAL_SINKS=1)."""
+    path = sinks_dir() / MCP_SERVER_EVERYTHING
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        unavailable(
+            f"the MCP reference server is not installed ({path} is not an executable): run "
+            f"scripts/install-test-deps (it installs @modelcontextprotocol/server-everything "
+            f"with npm under ${SINKS_DIR_ENV}, default {DEFAULT_SINKS_DIR})"
+        )
+    require_tool("node")  # the script's interpreter (#!/usr/bin/env node)
+    return [str(path), "stdio"]
+
+
+def clean_environ() -> dict[str, str]:
+    """A copy of the environment without ``METRICSFACADE_*`` settings, for child processes."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("METRICSFACADE_")}
+
+
+def proxy_command(
+    server: list[str], *, tape: Path | None = None, config: Path | None = None
+) -> list[str]:
+    """``python -m metricsfacade proxy`` on a free metrics port in front of ``server``."""
+    command = [sys.executable, "-m", "metricsfacade", "proxy", "--metrics-port", "0"]
+    if config is not None:
+        command += ["--config", str(config)]
+    if tape is not None:
+        command += ["--tape", str(tape)]
+    return [*command, "--", *server]
+
+
+class StderrLog:
+    """Drains a child process's stderr on a thread (so the child never blocks on a full pipe),
+    keeps its lines, and finds the proxy's metrics URL in them."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self._lines: list[str] = []
+        self._url: str | None = None
+        self._changed = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, name="stderr-log", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def pipe(cls) -> tuple[StderrLog, Any]:
+        """A log reading a new pipe, and the pipe's write end as a text file to give a child
+        as its stderr. Close the write end once the child is started (or gone)."""
+        read_fd, write_fd = os.pipe()
+        return cls(os.fdopen(read_fd, "rb")), os.fdopen(write_fd, "w")
+
+    def _read(self) -> None:
+        try:
+            for raw in self._stream:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                with self._changed:
+                    self._lines.append(line)
+                    match = PROXY_METRICS_URL_RE.search(line)
+                    if match and self._url is None:
+                        self._url = match.group(1)
+                    self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._closed = True
+                self._changed.notify_all()
+            self._stream.close()
+
+    def metrics_url(self, timeout: float = PROXY_START_TIMEOUT_SECS) -> str:
+        """The proxy's /metrics URL, once it logged it; fails with the log if it does not."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._url is not None or self._closed, timeout)
+            if self._url is None:
+                raise AssertionError(
+                    f"the proxy did not log its metrics URL within {timeout:g} s; "
+                    f"stderr:\n{self.text()}"
+                )
+            return self._url
+
+    def wait_closed(self, timeout: float = 10.0) -> bool:
+        """Wait until every writer of the pipe is gone (the processes exited)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: self._closed, timeout)
+
+    def text(self) -> str:
+        with self._changed:
+            return "\n".join(self._lines) or "(empty)"

@@ -33,7 +33,7 @@ from metricsfacade.proxy.guards import CircuitBreaker, RateLimiter
 from metricsfacade.proxy.jsonrpc import Message, error_response, parse_line
 from metricsfacade.proxy.tape import CLIENT_TO_SERVER, SERVER_TO_CLIENT, TapeRecorder
 from metricsfacade.proxy.upstream import Upstream
-from metricsfacade.shadowcat import ERROR, OK, TIMEOUT, RequestTracker, ShadowcatMetrics
+from metricsfacade.shadowcat import CANCELLED, ERROR, OK, TIMEOUT, RequestTracker, ShadowcatMetrics
 
 logger = logging.getLogger("metricsfacade.proxy")
 TRANSPORT = "stdio"
@@ -85,6 +85,8 @@ class StdioProxy:
         self._relayed: deque[list[Any]] = deque()
         self._recorder_stop = threading.Event()
         self._unrecorded = 0  # messages relayed while the queue was full
+        self._wall_clock = time.time() - perf_counter()  # perf_counter() -> epoch seconds
+        self._cancelled: set[Any] = set()  # ids whose late answers are expected, not errors
         self._recorder: threading.Thread | None = None
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
@@ -164,8 +166,6 @@ class StdioProxy:
                 )
                 continue
             entry[3] = perf_counter()
-            if self._tape is not None:
-                self._tape.record(CLIENT_TO_SERVER, line)
 
     def _admit(self, messages: list[Message] | None, started: float) -> bool:
         """Answer for the server when it is down or a request is over its rate limit."""
@@ -222,6 +222,8 @@ class StdioProxy:
                 tracker.finish(OK, at=sent)
                 if message.method == "notifications/initialized":
                     self._initialized_note = line
+                elif message.cancels is not None:
+                    self._cancel(self._pending.pop(message.cancels, None), message.cancels, sent)
             elif message.kind == "response":
                 server_request = self._server_requests.pop(message.id, None)
                 if server_request is None:
@@ -267,8 +269,6 @@ class StdioProxy:
             self._queue(entry)
             self._reply(line)
             entry[3] = perf_counter()
-            if self._tape is not None:
-                self._tape.record(SERVER_TO_CLIENT, line)
         self._on_server_exit()
 
     # -- the recorder -----------------------------------------------------------------------
@@ -316,9 +316,13 @@ class StdioProxy:
     def _record_entry(self, entry: list[Any]) -> None:
         origin, line, read_at, relayed_at, messages = entry
         if origin == FROM_CLIENT:
+            if self._tape is not None:  # here, in queue order: a request before its response
+                self._tape.record(CLIENT_TO_SERVER, line, self._wall_clock + read_at)
             parsed = parse_line(line) if messages is NOT_PARSED else messages
             self._track_from_client(parsed, line, read_at, relayed_at)
         elif origin == FROM_SERVER:
+            if self._tape is not None:
+                self._tape.record(SERVER_TO_CLIENT, line, self._wall_clock + read_at)
             parsed = parse_line(line) if messages is NOT_PARSED else messages
             self._track_from_server(parsed, line, read_at, relayed_at)
         elif origin == SERVER_EXIT:
@@ -335,7 +339,10 @@ class StdioProxy:
             if message.kind == "response":
                 pending = self._pending.pop(message.id, None)
                 if pending is None:
-                    metrics.upstream_error(self._name, "unknown_id")
+                    if message.id in self._cancelled:
+                        self._cancelled.discard(message.id)  # answered anyway: allowed
+                    else:
+                        metrics.upstream_error(self._name, "unknown_id")
                     continue
                 pending.tracker.upstream_finished(at=received)
                 pending.tracker.finish(
@@ -356,8 +363,21 @@ class StdioProxy:
                 )
                 tracker.request_size(len(line))
                 tracker.finish(OK, at=written)
+                if message.cancels is not None:
+                    request = self._server_requests.pop(message.cancels, None)
+                    self._cancel(request, message.cancels, written)
             else:
                 metrics.upstream_error(self._name, "malformed_output")
+
+    def _cancel(self, request: _Pending | RequestTracker | None, key: Any, at: float) -> None:
+        """A request its sender cancelled: recorded as cancelled, and an answer that still
+        comes is relayed without counting as an error."""
+        if request is None:
+            return
+        tracker = request.tracker if isinstance(request, _Pending) else request
+        tracker.finish(CANCELLED, at=at)
+        if len(self._cancelled) < MAX_UNRECORDED:
+            self._cancelled.add(key)
 
     def _swallowed(self, message: Message) -> None:
         self._swallow.discard(message.id)

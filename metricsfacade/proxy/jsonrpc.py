@@ -26,6 +26,8 @@ class Message(NamedTuple):
     id: Any = None
     method: str | None = None
     is_error: bool = False
+    #: for notifications/cancelled: the id (as a key) of the request it cancels
+    cancels: Any = None
 
 
 INVALID = Message("invalid")
@@ -49,6 +51,10 @@ def _classify(item: object) -> Message:
     if method.__class__ is str:
         if "id" in item:
             return Message("request", _key(item["id"]), method)
+        if method == "notifications/cancelled":
+            params = item.get("params")
+            if isinstance(params, dict) and "requestId" in params:
+                return Message("notification", None, method, cancels=_key(params["requestId"]))
         return Message("notification", None, method)
     if "id" in item and ("result" in item or "error" in item):
         return Message("response", _key(item["id"]), None, "error" in item)

@@ -22,9 +22,10 @@ class TapeRecorder:
         self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by close()
         metrics.tape_operation("open")
 
-    def record(self, direction: str, line: bytes) -> None:
+    def record(self, direction: str, line: bytes, at: float | None = None) -> None:
+        """Append one message; ``at`` is when it was read (seconds since the epoch)."""
         entry = {
-            "ts": time.time(),
+            "ts": time.time() if at is None else at,
             "direction": direction,
             "message": line.rstrip(b"\n").decode("utf-8", "replace"),
         }
