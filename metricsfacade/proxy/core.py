@@ -30,7 +30,12 @@ from typing import IO, Any, BinaryIO
 from metricsfacade.config import ProxySettings
 from metricsfacade.proxy import jsonrpc
 from metricsfacade.proxy.guards import CircuitBreaker, RateLimiter
-from metricsfacade.proxy.jsonrpc import Message, error_response, parse_line
+from metricsfacade.proxy.jsonrpc import (
+    Message,
+    batch_error_response,
+    error_response,
+    parse_line,
+)
 from metricsfacade.proxy.tape import CLIENT_TO_SERVER, SERVER_TO_CLIENT, TapeRecorder
 from metricsfacade.proxy.upstream import Upstream
 from metricsfacade.shadowcat import CANCELLED, ERROR, OK, TIMEOUT, RequestTracker, ShadowcatMetrics
@@ -97,6 +102,7 @@ class StdioProxy:
         self._initialize: dict[str, Any] | None = None  # the client's, replayed on restart
         self._initialized_note: bytes | None = None
         self._server_up = threading.Event()
+        self._replaying = threading.Event()  # a restarted server is being initialized
         self._initialized = threading.Event()
         self._closing = threading.Event()
         self._session: Any = None
@@ -148,7 +154,7 @@ class StdioProxy:
                 self._metrics.upstream_error(self._name, "input_too_long")
                 continue
             messages = None
-            if self._limiter is not None or not self._server_up.is_set():
+            if self._limiter is not None or not self._available():
                 messages = parse_line(line)
                 if not self._admit(messages, started):
                     continue
@@ -167,15 +173,18 @@ class StdioProxy:
                 continue
             entry[3] = perf_counter()
 
+    def _available(self) -> bool:
+        """Running, and not in the middle of being initialized again after a restart."""
+        return self._server_up.is_set() and not self._replaying.is_set()
+
     def _admit(self, messages: list[Message] | None, started: float) -> bool:
         """Answer for the server when it is down or a request is over its rate limit."""
-        if messages is None or len(messages) != 1:
-            return self._server_up.is_set()  # not JSON, or a batch: forwarded when possible
-        message = messages[0]
-        if not self._server_up.is_set():
-            if message.kind == "request":
-                self._refuse(messages, started, "the server is not available")
+        if not self._available():
+            self._refuse(messages, started, "the server is not available")
             return False
+        if messages is None or len(messages) != 1:
+            return True  # not JSON, or a batch: forwarded as it is
+        message = messages[0]
         if (
             message.kind == "request"
             and self._limiter is not None
@@ -188,13 +197,23 @@ class StdioProxy:
         return True
 
     def _refuse(self, messages: list[Message] | None, started: float, why: str) -> None:
-        for message in messages or ():
-            if message.kind == "request":
-                self._answer(message, started, jsonrpc.UPSTREAM_UNAVAILABLE, why)
+        """Answer every request among ``messages`` with an error (a batch with a batch)."""
+        requests = [message for message in messages or () if message.kind == "request"]
+        if messages is not None and len(messages) > 1 and requests:
+            keys = [message.id for message in requests]
+            self._reply(batch_error_response(keys, jsonrpc.UPSTREAM_UNAVAILABLE, why))
+            for message in requests:
+                self._record_answer(message, started)
+            return
+        for message in requests:
+            self._answer(message, started, jsonrpc.UPSTREAM_UNAVAILABLE, why)
 
     def _answer(self, message: Message, started: float, code: int, text: str) -> None:
         """Answer a request with an error ourselves; it counts as an error request."""
         self._reply(error_response(message.id, code, text))
+        self._record_answer(message, started)
+
+    def _record_answer(self, message: Message, started: float) -> None:
         tracker = self._metrics.start_request(message.method or "", TRANSPORT, started_at=started)
         tracker.finish(ERROR)
 
@@ -261,7 +280,12 @@ class StdioProxy:
             messages = None
             if self._swallow:  # a late or internal response must not reach the client
                 messages = parse_line(line)
-                if messages and len(messages) == 1 and messages[0].id in self._swallow:
+                if (
+                    messages
+                    and len(messages) == 1
+                    and messages[0].kind == "response"  # a server request may reuse the id
+                    and messages[0].id in self._swallow
+                ):
                     self._swallowed(messages[0])
                     continue
             # Queued before it reaches the client, whose answer may come back at once.
@@ -384,11 +408,11 @@ class StdioProxy:
         if message.id == REPLAY_ID:
             if message.is_error:
                 logger.warning("metricsfacade proxy: the restarted server refused initialize")
-            else:
-                self._breaker.success()
+            else:  # a success for the breaker is a client request answered, not this
                 self._initialized.set()
                 if self._initialized_note is not None:
                     self._send_quietly(self._initialized_note)
+            self._replaying.clear()
 
     # -- the server's life ----------------------------------------------------------------
 
@@ -447,6 +471,7 @@ class StdioProxy:
         if self._initialize is None:
             return
         replay = dict(self._initialize, id=REPLAY_ID)
+        self._replaying.set()  # client requests are refused until it is answered
         self._swallow.add(REPLAY_ID)
         self._send_quietly(json.dumps(replay).encode() + b"\n")
 

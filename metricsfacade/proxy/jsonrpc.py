@@ -78,6 +78,15 @@ def wire_id(key: Any) -> Any:
     return json.loads(key) if isinstance(key, _JsonId) else key
 
 
+def batch_error_response(keys: list[Any], code: int, message: str) -> bytes:
+    """One line answering each request of a batch with the same error."""
+    responses = [
+        {"jsonrpc": "2.0", "id": wire_id(key), "error": {"code": code, "message": message}}
+        for key in keys
+    ]
+    return json.dumps(responses, separators=(",", ":")).encode() + b"\n"
+
+
 def error_response(key: Any, code: int, message: str) -> bytes:
     """A JSON-RPC error response line for the request with this id key (None: id null)."""
     response = {
