@@ -162,7 +162,7 @@ class StdioProxy:
             self._queue(entry)  # queued first: it must precede its response
             try:
                 self._upstream.send(line)
-            except OSError:
+            except (OSError, ValueError):  # gone, or its stdin closed at shutdown
                 entry[0] = NOT_RELAYED
                 entry[3] = started
                 self._refuse(
@@ -232,7 +232,7 @@ class StdioProxy:
                 )
                 tracker.request_size(len(line))
                 tracker.upstream_started(at=sent)
-                self._pending[message.id] = _Pending(tracker, time.monotonic() + timeout)
+                self._pending[message.id] = _Pending(tracker, started + timeout)
                 if message.method == "initialize":
                     self._on_initialize(line)
             elif message.kind == "notification":
@@ -293,6 +293,8 @@ class StdioProxy:
             self._queue(entry)
             self._reply(line)
             entry[3] = perf_counter()
+        with contextlib.suppress(OSError):
+            server_out.close()  # this server run is over: its pipe goes with it
         self._on_server_exit()
 
     # -- the recorder -----------------------------------------------------------------------
@@ -319,8 +321,11 @@ class StdioProxy:
                     self._report_unrecorded()
                 time.sleep(RECORDER_POLL_SECS)
                 continue
-            while entry[3] == 0.0:  # its pump is still relaying it
-                time.sleep(0)
+            while entry[3] == 0.0:  # its pump is still relaying it (maybe blocked on a pipe)
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + TIMEOUT_CHECK_SECS
+                    self._expire_requests()
+                time.sleep(RECORDER_POLL_SECS / 4)
             try:
                 self._record_entry(entry)
             except Exception:
@@ -365,7 +370,7 @@ class StdioProxy:
                 if pending is None:
                     if message.id in self._cancelled:
                         self._cancelled.discard(message.id)  # answered anyway: allowed
-                    else:
+                    elif message.id != jsonrpc.NULL_ID:  # null: a reply to malformed input
                         metrics.upstream_error(self._name, "unknown_id")
                     continue
                 pending.tracker.upstream_finished(at=received)
@@ -461,9 +466,12 @@ class StdioProxy:
                 return
             if not self._breaker.allows_attempt():
                 continue
+            if self._initialize is not None:
+                self._replaying.set()  # before the server is up: no request may overtake it
             if self._start_server():
                 self._replay_initialize()
                 return
+            self._replaying.clear()
             delay = min(delay * 2, MAX_RESTART_BACKOFF_SECS)
 
     def _replay_initialize(self) -> None:
@@ -478,7 +486,7 @@ class StdioProxy:
     def _send_quietly(self, line: bytes) -> None:
         try:
             self._upstream.send(line)
-        except OSError:
+        except (OSError, ValueError):
             logger.debug("metricsfacade proxy: the server went away during a replay")
 
     def _fail_pending(self, why: str) -> None:
@@ -490,7 +498,7 @@ class StdioProxy:
 
     def _expire_requests(self) -> None:
         """Answer requests the server left unanswered past request_timeout_secs."""
-        now = time.monotonic()
+        now = perf_counter()
         for key, pending in list(self._pending.items()):
             if pending.deadline <= now:
                 del self._pending[key]

@@ -73,6 +73,10 @@ def _key(message_id: object) -> Any:
     return _JsonId(json.dumps(message_id, sort_keys=True))
 
 
+#: The key of a null id (the id of an answer to a message that could not be parsed).
+NULL_ID = _JsonId("null")
+
+
 def wire_id(key: Any) -> Any:
     """The id as it appears on the wire, from a key made by ``_key``."""
     return json.loads(key) if isinstance(key, _JsonId) else key

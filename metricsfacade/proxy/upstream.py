@@ -18,7 +18,9 @@ class Upstream:
         self._write_lock = threading.Lock()
 
     def spawn(self) -> IO[bytes]:
-        """Start the server; returns its stdout. Raises OSError if it cannot start."""
+        """Start the server (closing what is left of a previous run); returns its stdout.
+        Raises OSError if it cannot start."""
+        self._close_pipes()
         self._process = subprocess.Popen(
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
@@ -63,3 +65,14 @@ class Upstream:
         except subprocess.TimeoutExpired:
             process.kill()
             return process.wait()
+        finally:
+            self._close_pipes()
+
+    def _close_pipes(self) -> None:
+        process = self._process
+        if process is None:
+            return
+        for pipe in (process.stdin, process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
