@@ -110,8 +110,7 @@ class Metrics:
             self._backends = backends
             self._strict = config.strict
             self._limit = config.cardinality_limit
-            for handle in self._handles.values():
-                self._bind(handle)
+            self._rebind_all()
             for backend in backends:
                 backend.set_drop_reporter(self._drop_reporter(backend))
                 backend.set_collect_hook(self._run_collect_hooks)

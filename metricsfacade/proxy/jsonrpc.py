@@ -11,9 +11,7 @@ except ModuleNotFoundError:  # pragma: no cover - exercised without the extra on
     from json import loads  # type: ignore[assignment]
 
 #: JSON-RPC error codes the proxy answers with.
-PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
-INTERNAL_ERROR = -32603
 UPSTREAM_UNAVAILABLE = -32000
 UPSTREAM_TIMEOUT = -32001
 RATE_LIMITED = -32002

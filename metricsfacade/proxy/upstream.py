@@ -27,14 +27,6 @@ class Upstream:
         assert self._process.stdout is not None
         return self._process.stdout
 
-    @property
-    def running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     def send(self, data: bytes) -> None:
         """Write to the server's stdin. Raises OSError (BrokenPipeError) once it is gone."""
         process = self._process
