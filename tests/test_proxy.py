@@ -1171,11 +1171,6 @@ def test_the_proxy_closes_the_server_pipes_it_opened():
     server is done (exit, restart, stop), not leave them to the garbage collector."""
     collect_unclosed_files()  # earlier tests' garbage is not this test's
     _a_session_with_a_restart()
-    wait_until(
-        lambda: not any(t.name == "proxy-server-pump" for t in threading.enumerate()),
-        3,
-        "the server pumps to end",
-    )
     assert collect_unclosed_files() == []
 
 

@@ -1,18 +1,18 @@
 """The MCP stdio forward proxy: bytes relayed unchanged, every message measured.
 
-Two pump threads relay newline-delimited JSON-RPC: client (our stdin) to server, and server
-to client (our stdout). Each line is forwarded first and inspected after, so measuring adds
-nothing to the relay; only the guards that must answer for the server (rate limit, breaker
-open, server down, a late response to a request already answered) inspect a line before it
-goes on. Requests are correlated with responses by id in both directions; the time a
-request spends with the server is excluded from ``shadowcat_proxy_latency_seconds``.
+One thread relays newline-delimited JSON-RPC both ways, client (our stdin) to server and
+server to client (our stdout), in a ``poll`` loop over non-blocking pipes: a line is
+forwarded as soon as it is read, and no peer that stops reading can stall the other
+direction. Only the guards that must answer for the server (rate limit, breaker open,
+server down, a late response to a request already answered) look at a line before it goes
+on.
 
-Neither pump records anything: each queues what it relayed (the client pump before writing
-to the server, the server pump before writing to the client, so a request is always queued
-before its response) and a recorder thread turns the queue into metrics, yielding the GIL
-after each message so a pump with a line to relay never waits for bookkeeping. The recorder
-also answers requests that outlive ``request_timeout_secs``. Metrics lag the traffic by a few
-milliseconds.
+Measuring comes after relaying: each relayed line is queued, and the same thread records
+the queue (the whole catalog, the tape) while no line waits to be relayed, which in a
+request-response exchange is while the peer works on the line just sent. Requests are
+correlated with responses by id in both directions; the time a request spends with the
+server is excluded from ``shadowcat_proxy_latency_seconds``. A single thread also means no
+lock, and no hand-over of the interpreter lock on the way through.
 """
 
 from __future__ import annotations
@@ -20,23 +20,25 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import threading
-import time
+import math
+import os
+import select
 from collections import deque
 from collections.abc import Sequence
-from time import perf_counter
-from typing import IO, Any, BinaryIO
+from time import perf_counter, time
+from typing import Any, BinaryIO
 
 from metricsfacade.config import ProxySettings
 from metricsfacade.proxy import jsonrpc
 from metricsfacade.proxy.guards import CircuitBreaker, RateLimiter
-from metricsfacade.proxy.jsonrpc import (
-    Message,
-    batch_error_response,
-    error_response,
-    parse_line,
+from metricsfacade.proxy.jsonrpc import Message, batch_error_response, error_response, parse_line
+from metricsfacade.proxy.relay import HIGH_WATER_BYTES, RELAYED_AT, LineInput, LineOutput
+from metricsfacade.proxy.tape import (
+    CLIENT_TO_SERVER,
+    PROXY_TO_CLIENT,
+    SERVER_TO_CLIENT,
+    TapeRecorder,
 )
-from metricsfacade.proxy.tape import CLIENT_TO_SERVER, SERVER_TO_CLIENT, TapeRecorder
 from metricsfacade.proxy.upstream import Upstream
 from metricsfacade.shadowcat import CANCELLED, ERROR, OK, TIMEOUT, RequestTracker, ShadowcatMetrics
 
@@ -44,14 +46,14 @@ logger = logging.getLogger("metricsfacade.proxy")
 TRANSPORT = "stdio"
 REPLAY_ID = "metricsfacade-replay"
 MAX_RESTART_BACKOFF_SECS = 5.0
-#: Relayed messages waiting for the recorder beyond this are relayed but not recorded.
+#: How long the server gets to finish and exit once the client has hung up.
+SHUTDOWN_GRACE_SECS = 2.0
+#: Relayed messages waiting to be recorded beyond this are relayed but not recorded.
 MAX_UNRECORDED = 100_000
-#: How often the recorder looks for new messages when idle, and for expired requests.
-RECORDER_POLL_SECS = 0.002
-TIMEOUT_CHECK_SECS = 0.25
 #: Queue entries: [origin, line, read at, relayed at (0.0 until relayed), parsed messages]
-FROM_CLIENT, FROM_SERVER, SERVER_EXIT, NOT_RELAYED = "client", "server", "exit", "none"
+FROM_CLIENT, FROM_SERVER, FROM_PROXY, SERVER_EXIT = "client", "server", "proxy", "exit"
 NOT_PARSED: Any = object()
+IN, OUT = select.POLLIN, select.POLLOUT
 
 
 class _Pending:
@@ -63,7 +65,8 @@ class _Pending:
 
 
 class StdioProxy:
-    """Relays between ``client_in``/``client_out`` and the server ``command``."""
+    """Relays between ``client_in``/``client_out`` (streams with a file descriptor) and
+    the server ``command``."""
 
     def __init__(
         self,
@@ -77,22 +80,21 @@ class StdioProxy:
     ) -> None:
         self._settings = settings
         self._metrics = metrics
-        self._client_in = client_in
-        self._client_out = client_out
         self._tape = tape
         self._name = settings.name
         self._upstream = Upstream(command)
-        self._out_lock = threading.Lock()
+        self._client_out_stream = client_out
+        self._from_client = LineInput(client_in.fileno(), settings.max_line_bytes)
+        self._to_client = LineOutput(client_out.fileno())
+        self._from_server: LineInput | None = None
+        self._to_server: LineOutput | None = None
+        self._wake_read, self._wake_write = os.pipe()  # how stop() interrupts poll()
+        self._queue: deque[list[Any]] = deque()  # relayed, not yet recorded
         self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
-        self._server_requests: dict[Any, RequestTracker] = {}  # server requests awaiting the client
+        self._server_requests: dict[Any, _Pending] = {}  # server requests awaiting the client
         self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
-        #: what the pumps relayed, in order, for the recorder (see the module docstring)
-        self._relayed: deque[list[Any]] = deque()
-        self._recorder_stop = threading.Event()
-        self._unrecorded = 0  # messages relayed while the queue was full
-        self._wall_clock = time.time() - perf_counter()  # perf_counter() -> epoch seconds
-        self._cancelled: set[Any] = set()  # ids whose late answers are expected, not errors
-        self._recorder: threading.Thread | None = None
+        self._late_ok: set[Any] = set()  # ids whose late answers are expected, not errors
+        self._wall_clock = time() - perf_counter()  # perf_counter() -> epoch seconds
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
             settings.breaker_failures,
@@ -101,86 +103,169 @@ class StdioProxy:
         )
         self._initialize: dict[str, Any] | None = None  # the client's, replayed on restart
         self._initialized_note: bytes | None = None
-        self._server_up = threading.Event()
-        self._replaying = threading.Event()  # a restarted server is being initialized
-        self._initialized = threading.Event()
-        self._closing = threading.Event()
+        self._server_up = False
+        self._replaying = False  # a restarted server is being initialized
+        self._initialized = False
+        self._restart_at: float | None = None
+        self._restart_delay = settings.restart_backoff_secs
+        self._stop_requested = False
+        self._stopping_since: float | None = None  # the client hung up, or stop() was called
         self._session: Any = None
         self._exit_code = 0
 
     @property
     def ready(self) -> bool:
         """The server is running and initialized (what /ready reports)."""
-        return self._server_up.is_set() and self._initialized.is_set()
+        return self._server_up and self._initialized
 
     def run(self) -> int:
         """Relay until the client closes its side (or the server exits, without restart);
         returns the exit status for the proxy process."""
-        self._start_server()
-        self._recorder = threading.Thread(target=self._record, name="proxy-recorder", daemon=True)
-        self._recorder.start()
-        threading.Thread(target=self._run_client, name="proxy-client-pump", daemon=True).start()
         try:
-            self._closing.wait()
+            self._start_server()
+            self._relay()
         finally:
             self._shutdown()
         return self._exit_code
 
     def stop(self) -> None:
-        """End ``run()`` (as a closed stdin would)."""
-        self._closing.set()
+        """End ``run()`` (as a closed stdin would); callable from any thread."""
+        self._stop_requested = True
+        with contextlib.suppress(OSError):
+            os.write(self._wake_write, b"x")
 
-    def _run_client(self) -> None:
-        try:
-            self._pump_client()
-        except Exception:
-            logger.exception("metricsfacade proxy: relaying the client's messages failed")
-        finally:
-            self._closing.set()
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _relay(self) -> None:
+        poller = select.poll()
+        watching: dict[int, int] = {}
+        while not self._finished():
+            wanted = self._interest()
+            if wanted != watching:
+                for fd in watching.keys() - wanted.keys():
+                    poller.unregister(fd)
+                for fd, mask in wanted.items():
+                    poller.register(fd, mask)
+                watching = wanted
+            events = poller.poll(self._poll_timeout_ms())
+            lines = 0
+            for fd, _ in events:
+                lines += self._on_ready(fd)
+            now = perf_counter()
+            self._on_timers(now)
+            self._record(max(1, lines))
+
+    def _interest(self) -> dict[int, int]:
+        """What to wait for: input unless its destination is backed up, output if pending."""
+        wanted = {self._wake_read: IN}
+        to_server, to_client = self._to_server, self._to_client
+        reading_client = self._stopping_since is None and not self._from_client.at_eof
+        if reading_client and (to_server is None or to_server.pending < HIGH_WATER_BYTES):
+            wanted[self._from_client.fd] = IN
+        if self._from_server is not None and to_client.pending < HIGH_WATER_BYTES:
+            wanted[self._from_server.fd] = IN
+        if to_client.pending and not to_client.broken:
+            wanted[to_client.fd] = OUT
+        if to_server is not None and to_server.pending and not to_server.broken:
+            wanted[to_server.fd] = OUT
+        return wanted
+
+    def _poll_timeout_ms(self) -> int | None:
+        """0 when a relayed line waits to be recorded; else until the next deadline."""
+        if self._queue and self._queue[0][RELAYED_AT]:
+            return 0
+        deadlines = [
+            requests[next(iter(requests))].deadline
+            for requests in (self._pending, self._server_requests)
+            if requests
+        ]
+        if self._restart_at is not None:
+            deadlines.append(self._restart_at)
+        if self._stopping_since is not None:
+            deadlines.append(self._stopping_since + SHUTDOWN_GRACE_SECS)
+        if not deadlines:
+            return None
+        return max(0, math.ceil((min(deadlines) - perf_counter()) * 1000))
+
+    def _on_ready(self, fd: int) -> int:
+        """Handle one ready descriptor; returns how many lines it relayed."""
+        if fd == self._wake_read:
+            os.read(self._wake_read, 64)
+            if self._stop_requested:
+                self._begin_stopping()
+            return 0
+        if fd == self._from_client.fd:
+            return self._read_client()
+        if self._from_server is not None and fd == self._from_server.fd:
+            return self._read_server(self._from_server)
+        if fd == self._to_client.fd:
+            self._to_client.flush()
+            if self._to_client.broken:
+                self._begin_stopping()  # the client went away
+        elif self._to_server is not None and fd == self._to_server.fd:
+            self._to_server.flush()
+        return 0
+
+    def _finished(self) -> bool:
+        if self._to_client.broken and self._stopping_since is None:
+            self._begin_stopping()
+        return self._stopping_since is not None and self._from_server is None
+
+    def _on_timers(self, now: float) -> None:
+        if self._pending and self._pending[next(iter(self._pending))].deadline <= now:
+            self._expire_requests(now)
+        if self._server_requests:
+            self._expire_server_requests(now)
+        if self._restart_at is not None and now >= self._restart_at:
+            self._restart(now)
+        if self._stopping_since is not None:
+            if self._to_server is not None and not self._to_server.pending:
+                self._to_server.release()  # all it was sent is written: it may exit
+                self._to_server = None
+                self._upstream.close_stdin()
+            if now >= self._stopping_since + SHUTDOWN_GRACE_SECS:
+                self._server_gone(now)
+
+    def _begin_stopping(self) -> None:
+        if self._stopping_since is None:
+            self._stopping_since = perf_counter()
 
     # -- client -> server ---------------------------------------------------------------
 
-    def _pump_client(self) -> None:
-        limit = self._settings.max_line_bytes
-        read = self._client_in.readline
-        while not self._closing.is_set():
-            line = read(limit + 1)
-            if not line:
-                return  # the client closed stdin: the session is over
-            started = perf_counter()
-            if len(line) > limit:
-                self._discard_rest(read, line, limit)
+    def _read_client(self) -> int:
+        source = self._from_client
+        lines = source.read()
+        read_at = perf_counter()
+        for line in lines:
+            self._relay_client_line(line, read_at)
+        if source.too_long:
+            for _ in range(source.too_long):
                 self._reply(error_response(None, jsonrpc.INVALID_REQUEST, "message too long"))
                 self._metrics.upstream_error(self._name, "input_too_long")
-                continue
-            messages = None
-            if self._limiter is not None or not self._available():
-                messages = parse_line(line)
-                if not self._admit(messages, started):
-                    continue
-            entry = [FROM_CLIENT, line, started, 0.0, NOT_PARSED if messages is None else messages]
-            self._queue(entry)  # queued first: it must precede its response
-            try:
-                self._upstream.send(line)
-            except (OSError, ValueError):  # gone, or its stdin closed at shutdown
-                entry[0] = NOT_RELAYED
-                entry[3] = started
-                self._refuse(
-                    messages if messages is not None else parse_line(line),
-                    started,
-                    "the server is not running",
-                )
-                continue
-            entry[3] = perf_counter()
+            source.too_long = 0
+        if source.at_eof:
+            self._begin_stopping()  # the client closed stdin: the session is over
+        return len(lines)
+
+    def _relay_client_line(self, line: bytes, read_at: float) -> None:
+        messages = NOT_PARSED
+        if self._limiter is not None or not self._available():
+            messages = parse_line(line)
+            if not self._admit(messages, read_at):
+                return
+        entry = [FROM_CLIENT, line, read_at, 0.0, messages]
+        self._enqueue(entry)
+        assert self._to_server is not None  # it is available
+        self._to_server.write(line, entry)
 
     def _available(self) -> bool:
         """Running, and not in the middle of being initialized again after a restart."""
-        return self._server_up.is_set() and not self._replaying.is_set()
+        return self._server_up and not self._replaying and self._to_server is not None
 
-    def _admit(self, messages: list[Message] | None, started: float) -> bool:
+    def _admit(self, messages: list[Message] | None, read_at: float) -> bool:
         """Answer for the server when it is down or a request is over its rate limit."""
         if not self._available():
-            self._refuse(messages, started, "the server is not available")
+            self._refuse(messages, read_at, "the server is not available")
             return False
         if messages is None or len(messages) != 1:
             return True  # not JSON, or a batch: forwarded as it is
@@ -192,52 +277,138 @@ class StdioProxy:
             and not self._limiter.allow(message.method)
         ):
             self._metrics.rate_limit_exceeded("per_method", TRANSPORT)
-            self._answer(message, started, jsonrpc.RATE_LIMITED, "rate limit exceeded")
+            self._answer(message, read_at, jsonrpc.RATE_LIMITED, "rate limit exceeded")
             return False
         return True
 
-    def _refuse(self, messages: list[Message] | None, started: float, why: str) -> None:
+    def _refuse(self, messages: list[Message] | None, read_at: float, why: str) -> None:
         """Answer every request among ``messages`` with an error (a batch with a batch)."""
         requests = [message for message in messages or () if message.kind == "request"]
         if messages is not None and len(messages) > 1 and requests:
             keys = [message.id for message in requests]
             self._reply(batch_error_response(keys, jsonrpc.UPSTREAM_UNAVAILABLE, why))
             for message in requests:
-                self._record_answer(message, started)
+                self._record_answer(message, read_at)
             return
         for message in requests:
-            self._answer(message, started, jsonrpc.UPSTREAM_UNAVAILABLE, why)
+            self._answer(message, read_at, jsonrpc.UPSTREAM_UNAVAILABLE, why)
 
-    def _answer(self, message: Message, started: float, code: int, text: str) -> None:
+    def _answer(self, message: Message, read_at: float, code: int, text: str) -> None:
         """Answer a request with an error ourselves; it counts as an error request."""
         self._reply(error_response(message.id, code, text))
-        self._record_answer(message, started)
+        self._record_answer(message, read_at)
 
-    def _record_answer(self, message: Message, started: float) -> None:
-        tracker = self._metrics.start_request(message.method or "", TRANSPORT, started_at=started)
+    def _record_answer(self, message: Message, read_at: float) -> None:
+        tracker = self._metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
         tracker.finish(ERROR)
 
+    # -- server -> client ---------------------------------------------------------------
+
+    def _read_server(self, source: LineInput) -> int:
+        lines = source.read()
+        read_at = perf_counter()
+        for line in lines:
+            self._relay_server_line(line, read_at)
+        if source.too_long:
+            for _ in range(source.too_long):
+                self._metrics.upstream_error(self._name, "output_too_long")
+            source.too_long = 0
+        if source.at_eof:
+            self._server_gone(read_at)
+        return len(lines)
+
+    def _relay_server_line(self, line: bytes, read_at: float) -> None:
+        messages = NOT_PARSED
+        if self._swallow:  # a late or internal response must not reach the client
+            messages = parse_line(line)
+            if (
+                messages
+                and len(messages) == 1
+                and messages[0].kind == "response"  # a server request may reuse the id
+                and messages[0].id in self._swallow
+            ):
+                self._swallowed(messages[0])
+                return
+        entry = [FROM_SERVER, line, read_at, 0.0, messages]
+        self._enqueue(entry)
+        self._to_client.write(line, entry)
+
+    def _swallowed(self, message: Message) -> None:
+        self._swallow.discard(message.id)
+        if message.id != REPLAY_ID:
+            return
+        if message.is_error:
+            logger.warning("metricsfacade proxy: the restarted server refused initialize")
+        else:  # a success for the breaker is a client request answered, not this
+            self._initialized = True
+            if self._initialized_note is not None and self._to_server is not None:
+                self._to_server.write(self._initialized_note)
+        self._replaying = False
+
+    # -- recording ------------------------------------------------------------------------
+
+    def _enqueue(self, entry: list[Any]) -> None:
+        if len(self._queue) < MAX_UNRECORDED:
+            self._queue.append(entry)
+        else:  # recording is far behind: relay without recording, and count it
+            self._metrics.facade.count_dropped(
+                "shadowcat_requests_total",
+                "proxy_overloaded",
+                "a message was relayed but not recorded: recording fell behind",
+            )
+
+    def _record(self, budget: int) -> None:
+        """Record up to ``budget`` relayed messages, in the order they were relayed."""
+        queue = self._queue
+        for _ in range(budget):
+            if not queue or not queue[0][RELAYED_AT]:
+                return  # empty, or its line is still being written
+            self._record_entry(queue.popleft())
+
+    def _record_entry(self, entry: list[Any]) -> None:
+        origin, line, read_at, relayed_at, messages = entry
+        try:
+            if origin == FROM_CLIENT:
+                self._tape_line(CLIENT_TO_SERVER, line, read_at)
+                parsed = parse_line(line) if messages is NOT_PARSED else messages
+                self._track_from_client(parsed, line, read_at, relayed_at)
+            elif origin == FROM_SERVER:
+                self._tape_line(SERVER_TO_CLIENT, line, read_at)
+                parsed = parse_line(line) if messages is NOT_PARSED else messages
+                self._track_from_server(parsed, line, read_at, relayed_at)
+            elif origin == FROM_PROXY:
+                self._tape_line(PROXY_TO_CLIENT, line, read_at)
+            elif origin == SERVER_EXIT:
+                self._server_exited(line)
+        except Exception:
+            logger.exception("metricsfacade proxy: recording a message failed")
+
+    def _tape_line(self, direction: str, line: bytes, read_at: float) -> None:
+        if self._tape is not None:
+            self._tape.record(direction, line, self._wall_clock + read_at)
+
     def _track_from_client(
-        self, messages: list[Message] | None, line: bytes, started: float, sent: float
+        self, messages: list[Message] | None, line: bytes, read_at: float, sent: float
     ) -> None:
         metrics = self._metrics
         if messages is None:
             metrics.upstream_error(self._name, "malformed_input")
             return
+        size = len(line) // len(messages) if messages else len(line)  # a batch's bytes shared
         timeout = self._settings.request_timeout_secs
         for message in messages:
             if message.kind == "request":
                 tracker = metrics.start_request(
-                    message.method or "", TRANSPORT, upstream=self._name, started_at=started
+                    message.method or "", TRANSPORT, upstream=self._name, started_at=read_at
                 )
-                tracker.request_size(len(line))
+                tracker.request_size(size)
                 tracker.upstream_started(at=sent)
-                self._pending[message.id] = _Pending(tracker, started + timeout)
+                self._pending[message.id] = _Pending(tracker, sent + timeout)
                 if message.method == "initialize":
                     self._on_initialize(line)
             elif message.kind == "notification":
-                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=started)
-                tracker.request_size(len(line))
+                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
+                tracker.request_size(size)
                 tracker.finish(OK, at=sent)
                 if message.method == "notifications/initialized":
                     self._initialized_note = line
@@ -245,12 +416,14 @@ class StdioProxy:
                     self._cancel(self._pending.pop(message.cancels, None), message.cancels, sent)
             elif message.kind == "response":
                 server_request = self._server_requests.pop(message.id, None)
-                if server_request is None:
-                    metrics.upstream_error(self._name, "unknown_id")
-                else:
-                    server_request.finish(
-                        ERROR if message.is_error else OK, response_size=len(line), at=sent
+                if server_request is not None:
+                    server_request.tracker.finish(
+                        ERROR if message.is_error else OK, response_size=size, at=sent
                     )
+                elif message.id in self._late_ok:
+                    self._late_ok.discard(message.id)
+                else:
+                    metrics.upstream_error(self._name, "unknown_id")
             else:
                 metrics.upstream_error(self._name, "malformed_input")
 
@@ -263,134 +436,38 @@ class StdioProxy:
             self._session = self._metrics.session()
             self._session.__enter__()
 
-    # -- server -> client ---------------------------------------------------------------
-
-    def _pump_server(self, server_out: IO[bytes]) -> None:
-        limit = self._settings.max_line_bytes
-        read = server_out.readline
-        while True:
-            line = read(limit + 1)
-            if not line:
-                break
-            received = perf_counter()
-            if len(line) > limit:
-                self._discard_rest(read, line, limit)
-                self._metrics.upstream_error(self._name, "output_too_long")
-                continue
-            messages = None
-            if self._swallow:  # a late or internal response must not reach the client
-                messages = parse_line(line)
-                if (
-                    messages
-                    and len(messages) == 1
-                    and messages[0].kind == "response"  # a server request may reuse the id
-                    and messages[0].id in self._swallow
-                ):
-                    self._swallowed(messages[0])
-                    continue
-            # Queued before it reaches the client, whose answer may come back at once.
-            entry = [FROM_SERVER, line, received, 0.0, NOT_PARSED if messages is None else messages]
-            self._queue(entry)
-            self._reply(line)
-            entry[3] = perf_counter()
-        with contextlib.suppress(OSError):
-            server_out.close()  # this server run is over: its pipe goes with it
-        self._on_server_exit()
-
-    # -- the recorder -----------------------------------------------------------------------
-
-    def _queue(self, entry: list[Any]) -> None:
-        if len(self._relayed) < MAX_UNRECORDED:
-            self._relayed.append(entry)
-        else:  # the recorder is far behind: relay without recording, and count it
-            self._unrecorded += 1
-
-    def _record(self) -> None:
-        """Turn the relayed queue into metrics, in order, until stopped and drained."""
-        queue = self._relayed
-        next_check = time.monotonic() + TIMEOUT_CHECK_SECS
-        while True:
-            try:
-                entry = queue.popleft()
-            except IndexError:
-                if self._recorder_stop.is_set():
-                    return
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + TIMEOUT_CHECK_SECS
-                    self._expire_requests()
-                    self._report_unrecorded()
-                time.sleep(RECORDER_POLL_SECS)
-                continue
-            while entry[3] == 0.0:  # its pump is still relaying it (maybe blocked on a pipe)
-                if time.monotonic() >= next_check:
-                    next_check = time.monotonic() + TIMEOUT_CHECK_SECS
-                    self._expire_requests()
-                time.sleep(RECORDER_POLL_SECS / 4)
-            try:
-                self._record_entry(entry)
-            except Exception:
-                logger.exception("metricsfacade proxy: recording a message failed")
-            time.sleep(0)  # hand the GIL to a pump with a line to relay, if there is one
-
-    def _report_unrecorded(self) -> None:
-        count, self._unrecorded = self._unrecorded, 0
-        if count:
-            self._metrics.facade.count_dropped(
-                "shadowcat_requests_total",
-                "proxy_overloaded",
-                f"{count} messages relayed but not recorded: the recorder fell behind",
-                count,
-            )
-
-    def _record_entry(self, entry: list[Any]) -> None:
-        origin, line, read_at, relayed_at, messages = entry
-        if origin == FROM_CLIENT:
-            if self._tape is not None:  # here, in queue order: a request before its response
-                self._tape.record(CLIENT_TO_SERVER, line, self._wall_clock + read_at)
-            parsed = parse_line(line) if messages is NOT_PARSED else messages
-            self._track_from_client(parsed, line, read_at, relayed_at)
-        elif origin == FROM_SERVER:
-            if self._tape is not None:
-                self._tape.record(SERVER_TO_CLIENT, line, self._wall_clock + read_at)
-            parsed = parse_line(line) if messages is NOT_PARSED else messages
-            self._track_from_server(parsed, line, read_at, relayed_at)
-        elif origin == SERVER_EXIT:
-            self._server_exited(line)
-
     def _track_from_server(
-        self, messages: list[Message] | None, line: bytes, received: float, written: float
+        self, messages: list[Message] | None, line: bytes, read_at: float, written: float
     ) -> None:
         metrics = self._metrics
         if messages is None:
             metrics.upstream_error(self._name, "malformed_output")
             return
+        size = len(line) // len(messages) if messages else len(line)
         for message in messages:
             if message.kind == "response":
                 pending = self._pending.pop(message.id, None)
                 if pending is None:
-                    if message.id in self._cancelled:
-                        self._cancelled.discard(message.id)  # answered anyway: allowed
+                    if message.id in self._late_ok:
+                        self._late_ok.discard(message.id)  # answered anyway: allowed
                     elif message.id != jsonrpc.NULL_ID:  # null: a reply to malformed input
                         metrics.upstream_error(self._name, "unknown_id")
                     continue
-                pending.tracker.upstream_finished(at=received)
+                pending.tracker.upstream_finished(at=read_at)
                 pending.tracker.finish(
-                    ERROR if message.is_error else OK, response_size=len(line), at=written
+                    ERROR if message.is_error else OK, response_size=size, at=written
                 )
                 self._breaker.success()
                 if pending.tracker.method == "initialize":
-                    self._initialized.set()
+                    self._initialized = True
             elif message.kind == "request":
-                tracker = metrics.start_request(
-                    message.method or "", TRANSPORT, started_at=received
-                )
-                tracker.request_size(len(line))
-                self._server_requests[message.id] = tracker
+                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
+                tracker.request_size(size)
+                deadline = read_at + self._settings.request_timeout_secs
+                self._server_requests[message.id] = _Pending(tracker, deadline)
             elif message.kind == "notification":
-                tracker = metrics.start_request(
-                    message.method or "", TRANSPORT, started_at=received
-                )
-                tracker.request_size(len(line))
+                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
+                tracker.request_size(size)
                 tracker.finish(OK, at=written)
                 if message.cancels is not None:
                     request = self._server_requests.pop(message.cancels, None)
@@ -398,143 +475,163 @@ class StdioProxy:
             else:
                 metrics.upstream_error(self._name, "malformed_output")
 
-    def _cancel(self, request: _Pending | RequestTracker | None, key: Any, at: float) -> None:
+    def _cancel(self, request: _Pending | None, key: Any, at: float) -> None:
         """A request its sender cancelled: recorded as cancelled, and an answer that still
         comes is relayed without counting as an error."""
         if request is None:
             return
-        tracker = request.tracker if isinstance(request, _Pending) else request
-        tracker.finish(CANCELLED, at=at)
-        if len(self._cancelled) < MAX_UNRECORDED:
-            self._cancelled.add(key)
+        request.tracker.finish(CANCELLED, at=at)
+        self._expect_late(key)
 
-    def _swallowed(self, message: Message) -> None:
-        self._swallow.discard(message.id)
-        if message.id == REPLAY_ID:
-            if message.is_error:
-                logger.warning("metricsfacade proxy: the restarted server refused initialize")
-            else:  # a success for the breaker is a client request answered, not this
-                self._initialized.set()
-                if self._initialized_note is not None:
-                    self._send_quietly(self._initialized_note)
-            self._replaying.clear()
+    def _expect_late(self, key: Any) -> None:
+        if len(self._late_ok) < MAX_UNRECORDED:
+            self._late_ok.add(key)
+
+    def _expire_requests(self, now: float) -> None:
+        """Answer requests the server left unanswered past request_timeout_secs (counted
+        from when the server had the whole request: a server not reading its input does
+        not make the requests queued behind it time out)."""
+        while self._pending:
+            key = next(iter(self._pending))
+            pending = self._pending[key]
+            if pending.deadline > now:
+                return  # the rest came later (deadlines are in the order requests came)
+            del self._pending[key]
+            self._swallow.add(key)  # its late response must not follow our answer
+            self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
+            pending.tracker.finish(TIMEOUT)
+            self._metrics.upstream_error(self._name, "timeout")
+
+    def _expire_server_requests(self, now: float) -> None:
+        """Stop waiting for the client's answer to a server request: recorded as a timeout
+        (the server keeps its own timeout; the proxy answers nothing in the client's name)."""
+        while self._server_requests:
+            key = next(iter(self._server_requests))
+            request = self._server_requests[key]
+            if request.deadline > now:
+                return
+            del self._server_requests[key]
+            request.tracker.finish(TIMEOUT)
+            self._expect_late(key)
+
+    def _fail_pending(self, why: str) -> None:
+        for key, pending in list(self._pending.items()):
+            self._reply(error_response(key, jsonrpc.UPSTREAM_UNAVAILABLE, why))
+            pending.tracker.finish(ERROR)
+        self._pending.clear()
 
     # -- the server's life ----------------------------------------------------------------
 
     def _start_server(self) -> bool:
         try:
-            server_out = self._upstream.spawn()
+            stdin_fd, stdout_fd = self._upstream.spawn()
         except OSError as exc:
             logger.error("metricsfacade proxy: cannot start %s: %s", self._upstream.command, exc)
             self._metrics.upstream_error(self._name, "spawn_failed")
             self._breaker.failure()
             return False
-        self._server_up.set()
-        threading.Thread(
-            target=self._pump_server, args=(server_out,), name="proxy-server-pump", daemon=True
-        ).start()
+        self._to_server = LineOutput(stdin_fd)
+        self._from_server = LineInput(stdout_fd, self._settings.max_line_bytes)
+        self._server_up = True
         return True
 
-    def _on_server_exit(self) -> None:
-        """The server pump saw the server's output end."""
-        self._server_up.clear()
-        self._initialized.clear()
-        code = self._upstream.wait()
-        if self._closing.is_set():
+    def _server_gone(self, now: float) -> None:
+        """The server's output ended (or it outstayed the shutdown grace): reap it."""
+        if self._from_server is None:
+            return
+        if self._to_server is not None:
+            self._to_server.release()  # lines it never read count as sent; they fail below
+        self._from_server = self._to_server = None
+        self._server_up = self._initialized = self._replaying = False
+        stopping = self._stopping_since is not None
+        code = self._upstream.stop(grace_secs=1.0)
+        if stopping:
             return
         logger.warning("metricsfacade proxy: the server exited with status %s", code)
         # After what it answered, so those are matched before the rest is failed.
-        self._relayed.append([SERVER_EXIT, code, 0.0, 1.0, None])
+        self._queue.append([SERVER_EXIT, code, now, now, None])
         if self._settings.restart:
             self._breaker.failure()
-            threading.Thread(target=self._restart, name="proxy-restart", daemon=True).start()
+            self._restart_delay = self._settings.restart_backoff_secs
+            self._schedule_restart(now)
 
-    def _server_exited(self, code: int) -> None:
-        """The recorder's part of an exit: count it, fail what is pending, maybe stop."""
+    def _server_exited(self, code: int | None) -> None:
+        """The recorded part of an exit: count it, fail what is pending, maybe stop."""
         self._metrics.upstream_error(self._name, "exit")
         self._fail_pending("the server exited")
         if not self._settings.restart:
-            self._exit_code = code if code > 0 else 1
-            self._closing.set()
-            self._close_client_side()
+            self._exit_code = code if code is not None and code > 0 else 1
+            self._begin_stopping()
 
-    def _restart(self) -> None:
-        delay = self._settings.restart_backoff_secs
-        while not self._closing.is_set():
-            wait = max(delay, self._breaker.seconds_until_trial())
-            if self._closing.wait(wait):
-                return
-            if not self._breaker.allows_attempt():
-                continue
-            if self._initialize is not None:
-                self._replaying.set()  # before the server is up: no request may overtake it
-            if self._start_server():
-                self._replay_initialize()
-                return
-            self._replaying.clear()
-            delay = min(delay * 2, MAX_RESTART_BACKOFF_SECS)
+    def _schedule_restart(self, now: float) -> None:
+        self._restart_at = now + max(self._restart_delay, self._breaker.seconds_until_trial())
+
+    def _restart(self, now: float) -> None:
+        if self._stopping_since is not None:
+            self._restart_at = None
+        elif not self._breaker.allows_attempt():
+            self._schedule_restart(now)
+        elif self._start_server():
+            self._restart_at = None
+            self._replay_initialize()
+        else:
+            self._restart_delay = min(self._restart_delay * 2, MAX_RESTART_BACKOFF_SECS)
+            self._schedule_restart(now)
 
     def _replay_initialize(self) -> None:
-        """A restarted server must be initialized again, without the client seeing it."""
-        if self._initialize is None:
+        """A restarted server must be initialized again, without the client seeing it;
+        client requests are refused until it is answered."""
+        if self._initialize is None or self._to_server is None:
             return
-        replay = dict(self._initialize, id=REPLAY_ID)
-        self._replaying.set()  # client requests are refused until it is answered
+        self._replaying = True
         self._swallow.add(REPLAY_ID)
-        self._send_quietly(json.dumps(replay).encode() + b"\n")
-
-    def _send_quietly(self, line: bytes) -> None:
-        try:
-            self._upstream.send(line)
-        except (OSError, ValueError):
-            logger.debug("metricsfacade proxy: the server went away during a replay")
-
-    def _fail_pending(self, why: str) -> None:
-        for key in list(self._pending):
-            pending = self._pending.pop(key, None)
-            if pending is not None:
-                self._reply(error_response(key, jsonrpc.UPSTREAM_UNAVAILABLE, why))
-                pending.tracker.finish(ERROR)
-
-    def _expire_requests(self) -> None:
-        """Answer requests the server left unanswered past request_timeout_secs."""
-        now = perf_counter()
-        for key, pending in list(self._pending.items()):
-            if pending.deadline <= now:
-                del self._pending[key]
-                self._swallow.add(key)  # its late response must not follow our answer
-                self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
-                pending.tracker.finish(TIMEOUT)
-                self._metrics.upstream_error(self._name, "timeout")
+        self._to_server.write(json.dumps(dict(self._initialize, id=REPLAY_ID)).encode() + b"\n")
 
     # -- plumbing ---------------------------------------------------------------------------
 
     def _reply(self, line: bytes) -> None:
-        with self._out_lock:
-            try:
-                self._client_out.write(line)
-                self._client_out.flush()
-            except (OSError, ValueError):
-                self._closing.set()  # the client went away
-
-    @staticmethod
-    def _discard_rest(read: Any, line: bytes, limit: int) -> None:
-        while line and not line.endswith(b"\n"):
-            line = read(limit + 1)
-
-    def _close_client_side(self) -> None:
-        with self._out_lock, contextlib.suppress(OSError):
-            self._client_out.close()
+        """Answer the client ourselves (taped in turn with what was relayed)."""
+        now = perf_counter()
+        self._to_client.write(line)
+        if self._tape is not None:
+            self._enqueue([FROM_PROXY, line, now, now, None])
 
     def _shutdown(self) -> None:
-        self._closing.set()
-        self._upstream.stop()
-        self._recorder_stop.set()
-        if self._recorder is not None and self._recorder is not threading.current_thread():
-            self._recorder.join(5)  # it records what is queued, then stops
+        """Reap the server, record what was relayed, answer what is left, close up."""
+        self._begin_stopping()
+        self._server_gone(perf_counter())
+        self._record_all()
         self._fail_pending("the proxy is shutting down")
+        self._record_all()
+        self._drain_client_output()
+        if self._exit_code:  # the server exited for good: so does the client's input
+            with contextlib.suppress(OSError):
+                self._client_out_stream.close()
         if self._session is not None:
             self._session.__exit__(None, None, None)
             self._session = None
         if self._tape is not None:
             self._tape.close()
+        for fd in (self._wake_read, self._wake_write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _record_all(self) -> None:
+        now = perf_counter()
+        while self._queue:
+            entry = self._queue.popleft()
+            entry[RELAYED_AT] = entry[RELAYED_AT] or now  # never written: the reader left
+            self._record_entry(entry)
+
+    def _drain_client_output(self) -> None:
+        """Give a client still reading the last answers, for a moment at most."""
+        output = self._to_client
+        deadline = perf_counter() + SHUTDOWN_GRACE_SECS
+        poller = select.poll()
+        poller.register(output.fd, OUT)
+        while output.pending and not output.broken:
+            remaining = deadline - perf_counter()
+            if remaining <= 0 or not poller.poll(remaining * 1000):
+                break
+            output.flush()
+        output.release()

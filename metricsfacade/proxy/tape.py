@@ -1,16 +1,24 @@
-"""Tape recording: every message with its time and direction, as JSON lines."""
+"""Tape recording: every message with its time and direction, as JSON lines.
+
+A writer thread does the writing, so a slow disk delays the tape, never the relay."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import queue
 import threading
 import time
 from typing import BinaryIO
 
 from metricsfacade.shadowcat import ShadowcatMetrics
 
+logger = logging.getLogger("metricsfacade.proxy")
 CLIENT_TO_SERVER, SERVER_TO_CLIENT = "client_to_server", "server_to_client"
+#: the proxy's own answers (errors for timeouts, refusals, rate limits)
+PROXY_TO_CLIENT = "proxy_to_client"
 
 
 class TapeRecorder:
@@ -18,28 +26,44 @@ class TapeRecorder:
         self._path = path
         self._metrics = metrics
         self._transport = transport
-        self._lock = threading.Lock()
         self._file: BinaryIO = open(path, "ab")  # noqa: SIM115 - closed by close()
+        self._queue: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_all, name="proxy-tape", daemon=True)
+        self._writer.start()
+        self._closed = False
         metrics.tape_operation("open")
 
     def record(self, direction: str, line: bytes, at: float | None = None) -> None:
         """Append one message; ``at`` is when it was read (seconds since the epoch)."""
+        if self._closed:
+            return
         entry = {
             "ts": time.time() if at is None else at,
             "direction": direction,
             "message": line.rstrip(b"\n").decode("utf-8", "replace"),
         }
-        data = json.dumps(entry, ensure_ascii=False).encode() + b"\n"
-        with self._lock:
-            if self._file.closed:
-                return
-            self._file.write(data)
+        self._queue.put(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
         self._metrics.tape_operation("record")
 
-    def close(self) -> None:
-        with self._lock:
-            if self._file.closed:
-                return
+    def _write_all(self) -> None:
+        failed = False
+        while (data := self._queue.get()) is not None:
+            if failed:
+                continue
+            try:
+                self._file.write(data)
+            except OSError as exc:  # a full disk must not stop the proxy: the tape stops
+                logger.error("metricsfacade proxy: writing the tape failed: %s", exc)
+                failed = True
+        with contextlib.suppress(OSError):
             self._file.close()
+
+    def close(self) -> None:
+        """Write what is queued, then close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join()
         self._metrics.tape_operation("close")
         self._metrics.tape_size(self._transport, os.path.getsize(self._path))
