@@ -4,35 +4,54 @@ Every path runs at once as a long-lived process pair, and rounds interleave them
 noise on a shared machine hits every path alike:
 
 - ``direct``: the client talks to the bundled MCP server itself;
-- ``proxy_disabled``: through ``metricsfacade proxy`` with ``enabled = false``;
+- ``proxy_disabled``: through ``metricsfacade proxy`` with ``enabled = false``, and
+  ``proxy_disabled_control``, the same again: how far two identical paths differ is the
+  bench's noise floor;
 - ``proxy_<backend>``: through the proxy recording into prometheus, statsd or datadog (the
   last two to local UDP receivers), and ``proxy_all`` into all three.
 
 Each round starts fresh processes for every path and sends ``requests`` ``tools/call``
-requests down each, one at a time and taking turns (request 1 on every path, then request
-2...), so every path sees the same moments and the same luck of CPU placement. The proxy's
-own overhead is ``proxy_disabled`` against ``direct``; the instrumentation overhead of a
-backend is its path against ``proxy_disabled``, in percent: the median, over rounds, of the
-ratio of the two paths' median latencies in that round.
+requests down each, one at a time and taking turns in a random order (request 1 on every
+path, then request 2...), so every path sees the same moments and the same neighbours, with
+a short pause after each, so that what a path does after answering (recording the request)
+is charged to nobody else. With two CPUs or more, every path gets the same
+placement too (the client and the servers on one CPU, the proxies on another): left to the
+scheduler, two identical paths differ by up to 2x in a round, pinned by about 1 %. The
+proxy's own overhead is ``proxy_disabled`` against ``direct``; the instrumentation overhead
+of a backend is its path against ``proxy_disabled``, in percent: the median, over rounds, of
+the ratio of the two paths' median latencies in that round.
+
+An idle CPU (a halted virtual CPU above all) takes tens of microseconds to wake, and a
+proxy that records stays busy a little longer, so it is woken faster: unchecked, metrics
+*enabled* measure faster than disabled. While pinned, a spinner at the lowest priority
+(``SCHED_IDLE``: it runs only when nothing else wants the CPU) keeps each CPU awake, so
+that what is compared is the work, not the idle states.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import IO, Any
 
 import attrs
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
 BACKEND_PATHS = ("prometheus", "statsd", "datadog", "all")
+BASELINE, CONTROL = "proxy_disabled", "proxy_disabled_control"
 WARMUP_REQUESTS = 30
+#: A pause after each request, so that work a path does after answering (recording it)
+#: is not charged to the next path's request.
+SETTLE_SECS = 0.0003
 DEFAULT_TARGET_PERCENT = 5.0
 
 
@@ -60,6 +79,10 @@ class Peer:
         self._in.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
         self._in.flush()
 
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
     def call(self, method: str, params: dict[str, Any]) -> float:
         """Send one request, wait for its response; the round trip in seconds."""
         self._next_id += 1
@@ -86,6 +109,89 @@ class Peer:
             self.process.kill()
 
 
+# -- placement and CPU time, from Linux's /proc (skipped where it is missing) ----------------
+
+
+def _two_cpus() -> tuple[int, int] | None:
+    """The CPU for the client and the servers, and the one for the proxies."""
+    try:
+        available = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return None
+    return (available[0], available[1]) if len(available) >= 2 else None
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _children(pid: int) -> list[int]:
+    children: list[int] = []
+    for path in glob.glob(f"/proc/{pid}/task/*/children"):
+        try:
+            with open(path) as handle:
+                children += [int(child) for child in handle.read().split()]
+        except OSError:
+            continue
+    return children
+
+
+def _pin(pid: int, cpu: int) -> None:
+    """Every thread of the process onto one CPU (a process it starts later inherits it)."""
+    for tid in _threads(pid):
+        try:
+            os.sched_setaffinity(tid, {cpu})
+        except OSError:  # the thread ended meanwhile
+            continue
+
+
+def _place(name: str, peer: Peer, cpus: tuple[int, int]) -> None:
+    client_cpu, proxy_cpu = cpus
+    if name == "direct":
+        _pin(peer.pid, client_cpu)
+        return
+    _pin(peer.pid, proxy_cpu)
+    for server in _children(peer.pid):
+        _pin(server, client_cpu)
+
+
+#: Keeps a CPU out of its idle states, yet yields it to any other process at once.
+SPINNER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile 1: pass"
+
+
+@contextmanager
+def _kept_awake(cpus: tuple[int, int] | None) -> Iterator[None]:
+    spinners: list[subprocess.Popen[bytes]] = []
+    try:
+        for cpu in cpus or ():
+            spinners.append(subprocess.Popen([sys.executable, "-c", SPINNER]))
+            _pin(spinners[-1].pid, cpu)
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+@contextmanager
+def _client_on(cpu: int | None) -> Iterator[None]:
+    if cpu is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+# -- the bench ---------------------------------------------------------------------------------
+
+
 @attrs.frozen
 class PathStats:
     p50: float
@@ -103,6 +209,14 @@ class PathStats:
         return cls(pick(0.5), pick(0.95), pick(0.99), statistics.fmean(ordered))
 
 
+@attrs.define
+class _Samples:
+    """One path's figures: every latency, and each round's median."""
+
+    latencies: list[float] = attrs.Factory(list)
+    round_medians: list[float] = attrs.Factory(list)
+
+
 def _paths(receiver_port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     proxy = [sys.executable, "-m", "metricsfacade", "proxy", "--metrics-port", "0", "--", *SERVER]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("METRICSFACADE_", "DD_"))}
@@ -111,94 +225,109 @@ def _paths(receiver_port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
         "METRICSFACADE_DATADOG__HOST": "127.0.0.1",
         "METRICSFACADE_DATADOG__PORT": str(receiver_port),
     }
-    paths = {
-        "direct": (SERVER, clean),
-        "proxy_disabled": (proxy, {**clean, "METRICSFACADE_ENABLED": "false"}),
-    }
+    disabled = (proxy, {**clean, "METRICSFACADE_ENABLED": "false"})
+    paths = {"direct": (SERVER, clean), BASELINE: disabled, CONTROL: disabled}
     for backend in BACKEND_PATHS:
         backends = "prometheus,statsd,datadog" if backend == "all" else backend
         paths[f"proxy_{backend}"] = (proxy, {**clean, **push, "METRICSFACADE_BACKENDS": backends})
     return paths
 
 
-def run_bench(requests: int, rounds: int, target_percent: float) -> dict[str, Any]:
+def run_bench(
+    requests: int, rounds: int, target_percent: float, *, pin: bool = True
+) -> dict[str, Any]:
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the agents' stand-in
     receiver.bind(("127.0.0.1", 0))
     paths = _paths(receiver.getsockname()[1])
-    samples: dict[str, list[float]] = {name: [] for name in paths}
-    round_medians: dict[str, list[float]] = {name: [] for name in paths}
+    cpus = _two_cpus() if pin else None
+    samples = {name: _Samples() for name in paths}
     try:
-        for round_index in range(rounds):
-            for name, values in _round(paths, requests, round_index).items():
-                samples[name].extend(values)
-                round_medians[name].append(statistics.median(values))
+        with _kept_awake(cpus):
+            for round_index in range(rounds):
+                _round(paths, requests, round_index, cpus, samples)
     finally:
         receiver.close()
-    return _report(samples, round_medians, requests, rounds, target_percent)
+    return _report(samples, requests, rounds, target_percent, pinned=cpus is not None)
 
 
 def _round(
-    paths: dict[str, tuple[list[str], dict[str, str]]], requests: int, round_index: int
-) -> dict[str, list[float]]:
-    """One round on fresh processes (so no path keeps a lucky or unlucky CPU placement),
-    the paths taking turns request by request."""
+    paths: dict[str, tuple[list[str], dict[str, str]]],
+    requests: int,
+    round_index: int,
+    cpus: tuple[int, int] | None,
+    samples: dict[str, _Samples],
+) -> None:
+    """One round on fresh processes, the paths taking turns request by request."""
     peers = {name: Peer(command, env) for name, (command, env) in paths.items()}
     params = {"name": "echo", "arguments": {"text": "benchmark"}}
     try:
-        for peer in peers.values():  # warm up every path
-            for _ in range(WARMUP_REQUESTS):
-                peer.call("tools/call", params)
-        names = list(peers)
-        latencies: dict[str, list[float]] = {name: [] for name in names}
-        for request_index in range(requests):
-            shift = (round_index + request_index) % len(names)
-            for name in names[shift:] + names[:shift]:
-                latencies[name].append(peers[name].call("tools/call", params))
-        return latencies
+        with _client_on(cpus[0] if cpus else None):
+            for name, peer in peers.items():
+                if cpus is not None:
+                    _place(name, peer, cpus)
+                for _ in range(WARMUP_REQUESTS):
+                    peer.call("tools/call", params)
+            order = list(peers)
+            shuffle = random.Random(round_index).shuffle
+            latencies: dict[str, list[float]] = {name: [] for name in order}
+            for _ in range(requests):
+                shuffle(order)  # a fixed order would give each path the same predecessor
+                for name in order:
+                    latencies[name].append(peers[name].call("tools/call", params))
+                    time.sleep(SETTLE_SECS)
     finally:
         for peer in peers.values():
             peer.close()
+    for name, values in latencies.items():
+        path = samples[name]
+        path.latencies.extend(values)
+        path.round_medians.append(statistics.median(values))
 
 
 def _report(
-    samples: dict[str, list[float]],
-    round_medians: dict[str, list[float]],
+    samples: dict[str, _Samples],
     requests: int,
     rounds: int,
     target_percent: float,
+    *,
+    pinned: bool,
 ) -> dict[str, Any]:
-    stats = {name: PathStats.of(values) for name, values in samples.items()}
-    base = round_medians["proxy_disabled"]
+    stats = {name: PathStats.of(s.latencies) for name, s in samples.items()}
+    base = samples[BASELINE]
 
-    def paired_percent(name: str, against: list[float]) -> float:
-        return 100 * statistics.median(
-            (mine - theirs) / theirs
-            for mine, theirs in zip(round_medians[name], against, strict=True)
-        )
+    def round_percents(name: str, against: _Samples) -> list[float]:
+        return [
+            round(100 * (mine - theirs) / theirs, 3)
+            for mine, theirs in zip(samples[name].round_medians, against.round_medians, strict=True)
+        ]
 
-    proxy_overhead = statistics.median(
-        a - b for a, b in zip(base, round_medians["direct"], strict=True)
-    )
     backends = {}
     for backend in BACKEND_PATHS:
         name = f"proxy_{backend}"
-        percent = paired_percent(name, base)
+        per_round = round_percents(name, base)
+        percent = statistics.median(per_round)
         backends[backend] = {
             "direct_latency": stats["direct"].p50,
             "proxy_latency": stats[name].p50,
-            "overhead": stats[name].p50 - stats["proxy_disabled"].p50,
+            "overhead": stats[name].p50 - stats[BASELINE].p50,
             "overhead_percent": round(percent, 3),
             "passes_target": percent <= target_percent,
+            "round_overhead_percent": per_round,
         }
+    direct = samples["direct"].round_medians
     return {
         "requests_per_round": requests,
         "rounds": rounds,
         "target_percent": target_percent,
+        "pinned": pinned,
         "paths": {name: attrs.asdict(value) for name, value in stats.items()},
-        "proxy_overhead_p50": proxy_overhead,
-        "proxy_overhead_percent": round(
-            paired_percent("proxy_disabled", round_medians["direct"]), 3
+        "proxy_overhead_p50": statistics.median(
+            a - b for a, b in zip(base.round_medians, direct, strict=True)
         ),
+        "proxy_overhead_percent": round(
+            statistics.median(round_percents(BASELINE, samples["direct"])), 3
+        ),
+        "noise_percent": round(statistics.median(round_percents(CONTROL, base)), 3),
         "backends": backends,
         "passes_target": all(entry["passes_target"] for entry in backends.values()),
     }
@@ -206,22 +335,30 @@ def _report(
 
 def print_report(report: dict[str, Any], out: IO[str]) -> None:
     us = 1e6
-    print(f"{'path':16} {'p50 µs':>9} {'p95 µs':>9} {'p99 µs':>9} {'mean µs':>9}", file=out)
+    print(f"{'path':23} {'p50 µs':>8} {'p95 µs':>8} {'p99 µs':>8} {'mean µs':>8}", file=out)
     for name, row in report["paths"].items():
         print(
-            f"{name:16} {row['p50'] * us:9.1f} {row['p95'] * us:9.1f} {row['p99'] * us:9.1f} "
-            f"{row['mean'] * us:9.1f}",
+            f"{name:23} {row['p50'] * us:8.1f} {row['p95'] * us:8.1f} {row['p99'] * us:8.1f} "
+            f"{row['mean'] * us:8.1f}",
             file=out,
         )
+    placement = "pinned (client and servers on one CPU, proxies on another), CPUs kept awake"
+    print(
+        f"{report['rounds']} rounds of {report['requests_per_round']} requests per path; "
+        f"{placement if report['pinned'] else 'not pinned'}",
+        file=out,
+    )
     print(
         f"proxy's own overhead (disabled vs direct): {report['proxy_overhead_p50'] * us:.1f} µs "
         f"per request p50 ({report['proxy_overhead_percent']:+.1f}%)",
         file=out,
     )
+    print(f"noise floor (two identical disabled paths): {report['noise_percent']:+.2f}%", file=out)
     for backend, row in report["backends"].items():
         verdict = "ok" if row["passes_target"] else "OVER TARGET"
+        rounds = " ".join(f"{percent:+.1f}" for percent in row["round_overhead_percent"])
         print(
             f"instrumentation overhead, {backend:10}: {row['overhead_percent']:+6.2f}% "
-            f"(target <= {report['target_percent']:g}%) {verdict}",
+            f"(target <= {report['target_percent']:g}%) {verdict}  [rounds: {rounds}]",
             file=out,
         )

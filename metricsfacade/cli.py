@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--rounds", type=int, default=12)
     bench.add_argument("--target", type=float, default=5.0, help="percent (default 5)")
     bench.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    bench.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="leave process placement to the scheduler (noisier)",
+    )
     demo = commands.add_parser(
         "demo",
         help="the proxy in front of a bundled MCP server, under realistic traffic",
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    report = run_bench(args.requests, args.rounds, args.target)
+    report = run_bench(args.requests, args.rounds, args.target, pin=args.pin)
     print_report(report, sys.stdout)
     if args.json:
         with open(args.json, "w") as handle:

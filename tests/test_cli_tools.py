@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +71,7 @@ def test_bench_json_carries_the_brief_fields(tmp_path):
     assert set(report["paths"]) == {
         "direct",
         "proxy_disabled",
+        "proxy_disabled_control",
         "proxy_prometheus",
         "proxy_statsd",
         "proxy_datadog",
@@ -83,8 +87,15 @@ def test_bench_json_carries_the_brief_fields(tmp_path):
             "overhead",
             "overhead_percent",
             "passes_target",
+            "round_overhead_percent",
         }
         assert entry["passes_target"] == (entry["overhead_percent"] <= report["target_percent"])
+        assert len(entry["round_overhead_percent"]) == 2
+        assert entry["overhead_percent"] == pytest.approx(
+            statistics.median(entry["round_overhead_percent"]), abs=0.01
+        )
+    assert report["pinned"] == (len(os.sched_getaffinity(0)) >= 2)
+    assert isinstance(report["noise_percent"], float)
     assert "instrumentation overhead, prometheus" in result.stdout
 
 
