@@ -636,7 +636,7 @@ def test_a_response_recorded_before_its_request_is_still_matched(start_proxy, tm
     reader.start()
     try:
         proxy = start_proxy(proxy_settings={"request_timeout_secs": 0.5}, tape_path=tape_path)
-        big = "x" * 100_000  # its tape entry fills the FIFO: the pump waits for the disk
+        big = "x" * 100_000  # its tape entry fills the FIFO: the tape writer waits for the disk
         proxy.send(call(1, "echo", text=big))
         response = proxy.recv_json()
         assert response["result"]["content"][0]["text"] == big

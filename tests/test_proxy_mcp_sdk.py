@@ -1187,17 +1187,11 @@ def pings(count: int, pad: int = 0) -> Iterator[tuple[int, bytes]]:
 def test_tape_records_each_request_before_its_response(
     tmp_path: Path, raw_proxy: StartRaw, quick_server: list[str]
 ) -> None:
-    """BUG: the tape can show a response before the request it answers.
+    """The tape shows every request before the response that answers it, in time order.
 
-    core.py ``_pump_client`` tapes a client line only after ``self._upstream.send(line)``,
-    and ``_pump_server`` tapes a server line only after ``self._reply(line)``, each on its own
-    thread. When the server answers before the client pump reaches ``tape.record`` (likely
-    with long requests: taping one costs a decode, a json.dumps and an encode of the whole
-    line, during which the server pump gets the GIL), the server pump tapes the response
-    first, with the earlier ``ts``. A reader or a replay of the tape then sees an answer to a
-    request not yet made. Fix: tape a line before forwarding it, in both pumps (taping is
-    optional, and a buffered write), or stamp entries with a sequence number taken before
-    forwarding and order by it.
+    (When two pump threads each taped what they relayed, a fast answer to a long request
+    was taped before the request, with the earlier ``ts``: a replay of the tape then saw an
+    answer to a request not yet made.)
     """
     tape = tmp_path / "tape.jsonl"
     client = raw_proxy(quick_server, tape=tape)
