@@ -8,8 +8,11 @@ server down, a late response to a request already answered) look at a line befor
 on.
 
 Measuring comes after relaying: each relayed line is queued, and the same thread records
-the queue (the whole catalog, the tape) while no line waits to be relayed, which in a
-request-response exchange is while the peer works on the line just sent. Requests are
+the queue (the whole catalog, the tape) once the traffic pauses for a millisecond, a few
+messages at a time between looks for new input (under steady traffic, once 64 wait, it
+records as much as it relays). On a machine with few CPUs the peer a line wakes may be
+waiting for the proxy's own CPU, so even a few microseconds of bookkeeping between two
+lines would show in the round trip; metrics lag the traffic by a millisecond. Requests are
 correlated with responses by id in both directions; the time a request spends with the
 server is excluded from ``shadowcat_proxy_latency_seconds``. A single thread also means no
 lock, and no hand-over of the interpreter lock on the way through.
@@ -50,6 +53,13 @@ MAX_RESTART_BACKOFF_SECS = 5.0
 SHUTDOWN_GRACE_SECS = 2.0
 #: Relayed messages waiting to be recorded beyond this are relayed but not recorded.
 MAX_UNRECORDED = 100_000
+#: Recording waits for a pause this long in the traffic, so that it never holds up a line
+#: (on a busy machine a peer may be waiting for this very CPU) ...
+RECORD_AFTER_IDLE_MS = 1
+#: ... or for this many messages to be waiting, under steady traffic; then it keeps pace.
+RECORD_BACKLOG = 64
+#: Messages recorded between two looks for new input, once recording has begun.
+RECORD_CHUNK = 8
 #: Queue entries: [origin, line, read at, relayed at (0.0 until relayed), parsed messages]
 FROM_CLIENT, FROM_SERVER, FROM_PROXY, SERVER_EXIT = "client", "server", "proxy", "exit"
 NOT_PARSED: Any = object()
@@ -90,6 +100,7 @@ class StdioProxy:
         self._to_server: LineOutput | None = None
         self._wake_read, self._wake_write = os.pipe()  # how stop() interrupts poll()
         self._queue: deque[list[Any]] = deque()  # relayed, not yet recorded
+        self._idle = False  # the last poll found nothing to do
         self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
         self._server_requests: dict[Any, _Pending] = {}  # server requests awaiting the client
         self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
@@ -101,7 +112,9 @@ class StdioProxy:
             settings.breaker_reset_secs,
             lambda state: metrics.circuit_breaker_state(self._name, state),
         )
-        self._initialize: dict[str, Any] | None = None  # the client's, replayed on restart
+        # The handshake, watched as it is relayed: replayed to a restarted server.
+        self._initialize: dict[str, Any] | None = None
+        self._initialize_id: Any = None  # of the client's initialize, until answered
         self._initialized_note: bytes | None = None
         self._server_up = False
         self._replaying = False  # a restarted server is being initialized
@@ -153,7 +166,11 @@ class StdioProxy:
                 lines += self._on_ready(fd)
             now = perf_counter()
             self._on_timers(now)
-            self._record(max(1, lines))
+            self._idle = not events
+            if self._idle:
+                self._record(RECORD_CHUNK)
+            elif len(self._queue) >= RECORD_BACKLOG:
+                self._record(max(1, lines))  # under steady load: keep up with what comes
 
     def _interest(self) -> dict[int, int]:
         """What to wait for: input unless its destination is backed up, output if pending."""
@@ -171,9 +188,12 @@ class StdioProxy:
         return wanted
 
     def _poll_timeout_ms(self) -> int | None:
-        """0 when a relayed line waits to be recorded; else until the next deadline."""
+        """Until the next deadline; when relayed lines wait to be recorded, until the
+        traffic pauses (or at once, when recording has begun or fallen behind)."""
         if self._queue and self._queue[0][RELAYED_AT]:
-            return 0
+            if self._idle or len(self._queue) >= RECORD_BACKLOG:
+                return 0
+            return RECORD_AFTER_IDLE_MS
         deadlines = [
             requests[next(iter(requests))].deadline
             for requests in (self._pending, self._server_requests)
@@ -249,14 +269,26 @@ class StdioProxy:
 
     def _relay_client_line(self, line: bytes, read_at: float) -> None:
         messages = NOT_PARSED
-        if self._limiter is not None or not self._available():
+        if self._limiter is not None or not self._available() or not self._initialized_note:
             messages = parse_line(line)
             if not self._admit(messages, read_at):
                 return
+            if messages and not self._initialized_note:
+                self._watch_client_handshake(messages, line)
         entry = [FROM_CLIENT, line, read_at, 0.0, messages]
         self._enqueue(entry)
         assert self._to_server is not None  # it is available
         self._to_server.write(line, entry)
+
+    def _watch_client_handshake(self, messages: list[Message], line: bytes) -> None:
+        """Keep the client's initialize and initialized notification for a restarted server."""
+        for message in messages:
+            if message.kind == "request" and message.method == "initialize":
+                with contextlib.suppress(ValueError):
+                    self._initialize = json.loads(line)
+                self._initialize_id = message.id
+            elif message.kind == "notification" and message.method == "notifications/initialized":
+                self._initialized_note = line
 
     def _available(self) -> bool:
         """Running, and not in the middle of being initialized again after a restart."""
@@ -319,7 +351,7 @@ class StdioProxy:
 
     def _relay_server_line(self, line: bytes, read_at: float) -> None:
         messages = NOT_PARSED
-        if self._swallow:  # a late or internal response must not reach the client
+        if self._swallow or self._initialize_id is not None:
             messages = parse_line(line)
             if (
                 messages
@@ -329,9 +361,18 @@ class StdioProxy:
             ):
                 self._swallowed(messages[0])
                 return
+            if messages and self._initialize_id is not None:
+                self._watch_server_handshake(messages)
         entry = [FROM_SERVER, line, read_at, 0.0, messages]
         self._enqueue(entry)
         self._to_client.write(line, entry)
+
+    def _watch_server_handshake(self, messages: list[Message]) -> None:
+        """The server answered the client's initialize: it is ready (what /ready says)."""
+        for message in messages:
+            if message.kind == "response" and message.id == self._initialize_id:
+                self._initialize_id = None
+                self._initialized = not message.is_error
 
     def _swallowed(self, message: Message) -> None:
         self._swallow.discard(message.id)
@@ -404,15 +445,14 @@ class StdioProxy:
                 tracker.request_size(size)
                 tracker.upstream_started(at=sent)
                 self._pending[message.id] = _Pending(tracker, sent + timeout)
-                if message.method == "initialize":
-                    self._on_initialize(line)
+                if message.method == "initialize" and self._session is None:
+                    self._session = metrics.session()
+                    self._session.__enter__()
             elif message.kind == "notification":
                 tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
                 tracker.request_size(size)
                 tracker.finish(OK, at=sent)
-                if message.method == "notifications/initialized":
-                    self._initialized_note = line
-                elif message.cancels is not None:
+                if message.cancels is not None:
                     self._cancel(self._pending.pop(message.cancels, None), message.cancels, sent)
             elif message.kind == "response":
                 server_request = self._server_requests.pop(message.id, None)
@@ -426,15 +466,6 @@ class StdioProxy:
                     metrics.upstream_error(self._name, "unknown_id")
             else:
                 metrics.upstream_error(self._name, "malformed_input")
-
-    def _on_initialize(self, line: bytes) -> None:
-        try:
-            self._initialize = json.loads(line)
-        except ValueError:
-            return
-        if self._session is None:
-            self._session = self._metrics.session()
-            self._session.__enter__()
 
     def _track_from_server(
         self, messages: list[Message] | None, line: bytes, read_at: float, written: float
@@ -458,8 +489,6 @@ class StdioProxy:
                     ERROR if message.is_error else OK, response_size=size, at=written
                 )
                 self._breaker.success()
-                if pending.tracker.method == "initialize":
-                    self._initialized = True
             elif message.kind == "request":
                 tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
                 tracker.request_size(size)
