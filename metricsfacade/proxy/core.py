@@ -8,14 +8,13 @@ server down, a late response to a request already answered) look at a line befor
 on.
 
 Measuring comes after relaying: each relayed line is queued, and the same thread records
-the queue (the whole catalog, the tape) once the traffic pauses for a millisecond, a few
-messages at a time between looks for new input (under steady traffic, once 64 wait, it
-records as much as it relays). On a machine with few CPUs the peer a line wakes may be
-waiting for the proxy's own CPU, so even a few microseconds of bookkeeping between two
-lines would show in the round trip; metrics lag the traffic by a millisecond. Requests are
-correlated with responses by id in both directions; the time a request spends with the
-server is excluded from ``shadowcat_proxy_latency_seconds``. A single thread also means no
-lock, and no hand-over of the interpreter lock on the way through.
+the queue (``bookkeeping``: the whole catalog, the tape) once the traffic pauses for a
+millisecond, a few messages at a time between looks for new input (under steady traffic,
+once 64 wait, it records as much as it relays). On a machine with few CPUs the peer a line
+wakes may be waiting for the proxy's own CPU, so even a few microseconds of bookkeeping
+between two lines would show in the round trip; metrics lag the traffic by a millisecond.
+A single thread also means no lock, and no hand-over of the interpreter lock on the way
+through.
 """
 
 from __future__ import annotations
@@ -28,25 +27,28 @@ import os
 import select
 from collections import deque
 from collections.abc import Sequence
-from time import perf_counter, time
+from time import perf_counter
 from typing import Any, BinaryIO
 
 from metricsfacade.config import ProxySettings
 from metricsfacade.proxy import jsonrpc
+from metricsfacade.proxy.bookkeeping import (
+    FROM_CLIENT,
+    FROM_PROXY,
+    FROM_SERVER,
+    NOT_PARSED,
+    SERVER_EXIT,
+    TRANSPORT,
+    Bookkeeping,
+)
 from metricsfacade.proxy.guards import CircuitBreaker, RateLimiter
 from metricsfacade.proxy.jsonrpc import Message, batch_error_response, error_response, parse_line
 from metricsfacade.proxy.relay import HIGH_WATER_BYTES, RELAYED_AT, LineInput, LineOutput
-from metricsfacade.proxy.tape import (
-    CLIENT_TO_SERVER,
-    PROXY_TO_CLIENT,
-    SERVER_TO_CLIENT,
-    TapeRecorder,
-)
+from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.proxy.upstream import Upstream
-from metricsfacade.shadowcat import CANCELLED, ERROR, OK, TIMEOUT, RequestTracker, ShadowcatMetrics
+from metricsfacade.shadowcat import ShadowcatMetrics
 
 logger = logging.getLogger("metricsfacade.proxy")
-TRANSPORT = "stdio"
 REPLAY_ID = "metricsfacade-replay"
 MAX_RESTART_BACKOFF_SECS = 5.0
 #: How long the server gets to finish and exit once the client has hung up.
@@ -60,18 +62,7 @@ RECORD_AFTER_IDLE_MS = 1
 RECORD_BACKLOG = 64
 #: Messages recorded between two looks for new input, once recording has begun.
 RECORD_CHUNK = 8
-#: Queue entries: [origin, line, read at, relayed at (0.0 until relayed), parsed messages]
-FROM_CLIENT, FROM_SERVER, FROM_PROXY, SERVER_EXIT = "client", "server", "proxy", "exit"
-NOT_PARSED: Any = object()
 IN, OUT = select.POLLIN, select.POLLOUT
-
-
-class _Pending:
-    __slots__ = ("deadline", "tracker")
-
-    def __init__(self, tracker: RequestTracker, deadline: float) -> None:
-        self.tracker = tracker
-        self.deadline = deadline
 
 
 class StdioProxy:
@@ -101,16 +92,19 @@ class StdioProxy:
         self._wake_read, self._wake_write = os.pipe()  # how stop() interrupts poll()
         self._queue: deque[list[Any]] = deque()  # relayed, not yet recorded
         self._idle = False  # the last poll found nothing to do
-        self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
-        self._server_requests: dict[Any, _Pending] = {}  # server requests awaiting the client
         self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
-        self._late_ok: set[Any] = set()  # ids whose late answers are expected, not errors
-        self._wall_clock = time() - perf_counter()  # perf_counter() -> epoch seconds
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
             settings.breaker_failures,
             settings.breaker_reset_secs,
             lambda state: metrics.circuit_breaker_state(self._name, state),
+        )
+        self._books = Bookkeeping(
+            metrics,
+            settings.name,
+            settings.request_timeout_secs,
+            tape=tape,
+            on_answered=self._breaker.success,
         )
         # The handshake, watched as it is relayed: replayed to a restarted server.
         self._initialize: dict[str, Any] | None = None
@@ -123,7 +117,6 @@ class StdioProxy:
         self._restart_delay = settings.restart_backoff_secs
         self._stop_requested = False
         self._stopping_since: float | None = None  # the client hung up, or stop() was called
-        self._session: Any = None
         self._exit_code = 0
 
     @property
@@ -194,11 +187,8 @@ class StdioProxy:
             if self._idle or len(self._queue) >= RECORD_BACKLOG:
                 return 0
             return RECORD_AFTER_IDLE_MS
-        deadlines = [
-            requests[next(iter(requests))].deadline
-            for requests in (self._pending, self._server_requests)
-            if requests
-        ]
+        request_deadline = self._books.next_deadline()
+        deadlines = [] if request_deadline is None else [request_deadline]
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
         if self._stopping_since is not None:
@@ -232,10 +222,11 @@ class StdioProxy:
         return self._stopping_since is not None and self._from_server is None
 
     def _on_timers(self, now: float) -> None:
-        if self._pending and self._pending[next(iter(self._pending))].deadline <= now:
-            self._expire_requests(now)
-        if self._server_requests:
-            self._expire_server_requests(now)
+        deadline = self._books.next_deadline()
+        if deadline is not None and deadline <= now:
+            for key in self._books.expire(now):
+                self._swallow.add(key)  # its late response must not follow our answer
+                self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
         if self._restart_at is not None and now >= self._restart_at:
             self._restart(now)
         if self._stopping_since is not None:
@@ -320,7 +311,7 @@ class StdioProxy:
             keys = [message.id for message in requests]
             self._reply(batch_error_response(keys, jsonrpc.UPSTREAM_UNAVAILABLE, why))
             for message in requests:
-                self._record_answer(message, read_at)
+                self._books.record_refused(message, read_at)
             return
         for message in requests:
             self._answer(message, read_at, jsonrpc.UPSTREAM_UNAVAILABLE, why)
@@ -328,11 +319,7 @@ class StdioProxy:
     def _answer(self, message: Message, read_at: float, code: int, text: str) -> None:
         """Answer a request with an error ourselves; it counts as an error request."""
         self._reply(error_response(message.id, code, text))
-        self._record_answer(message, read_at)
-
-    def _record_answer(self, message: Message, read_at: float) -> None:
-        tracker = self._metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
-        tracker.finish(ERROR)
+        self._books.record_refused(message, read_at)
 
     # -- server -> client ---------------------------------------------------------------
 
@@ -407,147 +394,17 @@ class StdioProxy:
             self._record_entry(queue.popleft())
 
     def _record_entry(self, entry: list[Any]) -> None:
-        origin, line, read_at, relayed_at, messages = entry
         try:
-            if origin == FROM_CLIENT:
-                self._tape_line(CLIENT_TO_SERVER, line, read_at)
-                parsed = parse_line(line) if messages is NOT_PARSED else messages
-                self._track_from_client(parsed, line, read_at, relayed_at)
-            elif origin == FROM_SERVER:
-                self._tape_line(SERVER_TO_CLIENT, line, read_at)
-                parsed = parse_line(line) if messages is NOT_PARSED else messages
-                self._track_from_server(parsed, line, read_at, relayed_at)
-            elif origin == FROM_PROXY:
-                self._tape_line(PROXY_TO_CLIENT, line, read_at)
-            elif origin == SERVER_EXIT:
-                self._server_exited(line)
+            if entry[0] == SERVER_EXIT:
+                self._server_exited(entry[1])
+            else:
+                self._books.record(entry)
         except Exception:
             logger.exception("metricsfacade proxy: recording a message failed")
 
-    def _tape_line(self, direction: str, line: bytes, read_at: float) -> None:
-        if self._tape is not None:
-            self._tape.record(direction, line, self._wall_clock + read_at)
-
-    def _track_from_client(
-        self, messages: list[Message] | None, line: bytes, read_at: float, sent: float
-    ) -> None:
-        metrics = self._metrics
-        if messages is None:
-            metrics.upstream_error(self._name, "malformed_input")
-            return
-        size = len(line) // len(messages) if messages else len(line)  # a batch's bytes shared
-        timeout = self._settings.request_timeout_secs
-        for message in messages:
-            if message.kind == "request":
-                tracker = metrics.start_request(
-                    message.method or "", TRANSPORT, upstream=self._name, started_at=read_at
-                )
-                tracker.request_size(size)
-                tracker.upstream_started(at=sent)
-                self._pending[message.id] = _Pending(tracker, sent + timeout)
-                if message.method == "initialize" and self._session is None:
-                    self._session = metrics.session()
-                    self._session.__enter__()
-            elif message.kind == "notification":
-                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
-                tracker.request_size(size)
-                tracker.finish(OK, at=sent)
-                if message.cancels is not None:
-                    self._cancel(self._pending.pop(message.cancels, None), message.cancels, sent)
-            elif message.kind == "response":
-                server_request = self._server_requests.pop(message.id, None)
-                if server_request is not None:
-                    server_request.tracker.finish(
-                        ERROR if message.is_error else OK, response_size=size, at=sent
-                    )
-                elif message.id in self._late_ok:
-                    self._late_ok.discard(message.id)
-                else:
-                    metrics.upstream_error(self._name, "unknown_id")
-            else:
-                metrics.upstream_error(self._name, "malformed_input")
-
-    def _track_from_server(
-        self, messages: list[Message] | None, line: bytes, read_at: float, written: float
-    ) -> None:
-        metrics = self._metrics
-        if messages is None:
-            metrics.upstream_error(self._name, "malformed_output")
-            return
-        size = len(line) // len(messages) if messages else len(line)
-        for message in messages:
-            if message.kind == "response":
-                pending = self._pending.pop(message.id, None)
-                if pending is None:
-                    if message.id in self._late_ok:
-                        self._late_ok.discard(message.id)  # answered anyway: allowed
-                    elif message.id != jsonrpc.NULL_ID:  # null: a reply to malformed input
-                        metrics.upstream_error(self._name, "unknown_id")
-                    continue
-                pending.tracker.upstream_finished(at=read_at)
-                pending.tracker.finish(
-                    ERROR if message.is_error else OK, response_size=size, at=written
-                )
-                self._breaker.success()
-            elif message.kind == "request":
-                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
-                tracker.request_size(size)
-                deadline = read_at + self._settings.request_timeout_secs
-                self._server_requests[message.id] = _Pending(tracker, deadline)
-            elif message.kind == "notification":
-                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
-                tracker.request_size(size)
-                tracker.finish(OK, at=written)
-                if message.cancels is not None:
-                    request = self._server_requests.pop(message.cancels, None)
-                    self._cancel(request, message.cancels, written)
-            else:
-                metrics.upstream_error(self._name, "malformed_output")
-
-    def _cancel(self, request: _Pending | None, key: Any, at: float) -> None:
-        """A request its sender cancelled: recorded as cancelled, and an answer that still
-        comes is relayed without counting as an error."""
-        if request is None:
-            return
-        request.tracker.finish(CANCELLED, at=at)
-        self._expect_late(key)
-
-    def _expect_late(self, key: Any) -> None:
-        if len(self._late_ok) < MAX_UNRECORDED:
-            self._late_ok.add(key)
-
-    def _expire_requests(self, now: float) -> None:
-        """Answer requests the server left unanswered past request_timeout_secs (counted
-        from when the server had the whole request: a server not reading its input does
-        not make the requests queued behind it time out)."""
-        while self._pending:
-            key = next(iter(self._pending))
-            pending = self._pending[key]
-            if pending.deadline > now:
-                return  # the rest came later (deadlines are in the order requests came)
-            del self._pending[key]
-            self._swallow.add(key)  # its late response must not follow our answer
-            self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
-            pending.tracker.finish(TIMEOUT)
-            self._metrics.upstream_error(self._name, "timeout")
-
-    def _expire_server_requests(self, now: float) -> None:
-        """Stop waiting for the client's answer to a server request: recorded as a timeout
-        (the server keeps its own timeout; the proxy answers nothing in the client's name)."""
-        while self._server_requests:
-            key = next(iter(self._server_requests))
-            request = self._server_requests[key]
-            if request.deadline > now:
-                return
-            del self._server_requests[key]
-            request.tracker.finish(TIMEOUT)
-            self._expect_late(key)
-
     def _fail_pending(self, why: str) -> None:
-        for key, pending in list(self._pending.items()):
+        for key in self._books.fail_pending():
             self._reply(error_response(key, jsonrpc.UPSTREAM_UNAVAILABLE, why))
-            pending.tracker.finish(ERROR)
-        self._pending.clear()
 
     # -- the server's life ----------------------------------------------------------------
 
@@ -636,9 +493,7 @@ class StdioProxy:
         if self._exit_code:  # the server exited for good: so does the client's input
             with contextlib.suppress(OSError):
                 self._client_out_stream.close()
-        if self._session is not None:
-            self._session.__exit__(None, None, None)
-            self._session = None
+        self._books.close()
         if self._tape is not None:
             self._tape.close()
         for fd in (self._wake_read, self._wake_write):
