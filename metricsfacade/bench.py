@@ -19,7 +19,9 @@ placement too (the client and the servers on one CPU, the proxies on another): l
 scheduler, two identical paths differ by up to 2x in a round, pinned by about 1 %. The
 proxy's own overhead is ``proxy_disabled`` against ``direct``; the instrumentation overhead
 of a backend is its path against ``proxy_disabled``, in percent: the median, over rounds, of
-the ratio of the two paths' median latencies in that round.
+the ratio of the two paths' median latencies in that round. Beside it, the CPU time the
+proxy's bookkeeping spends per request with each backend (``bench_recording``): the bound
+on that overhead should all of it ever fall on the round trip.
 
 An idle CPU (a halted virtual CPU above all) takes tens of microseconds to wake, and a
 proxy that records stays busy a little longer, so it is woken faster: unchecked, metrics
@@ -44,6 +46,8 @@ from contextlib import contextmanager
 from typing import IO, Any
 
 import attrs
+
+from metricsfacade.bench_recording import cpu_per_request
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
 BACKEND_PATHS = ("prometheus", "statsd", "datadog", "all")
@@ -228,7 +232,7 @@ def _paths(receiver_port: int) -> dict[str, tuple[list[str], dict[str, str]]]:
     disabled = (proxy, {**clean, "METRICSFACADE_ENABLED": "false"})
     paths = {"direct": (SERVER, clean), BASELINE: disabled, CONTROL: disabled}
     for backend in BACKEND_PATHS:
-        backends = "prometheus,statsd,datadog" if backend == "all" else backend
+        backends = _backend_list(backend)
         paths[f"proxy_{backend}"] = (proxy, {**clean, **push, "METRICSFACADE_BACKENDS": backends})
     return paths
 
@@ -245,9 +249,18 @@ def run_bench(
         with _kept_awake(cpus):
             for round_index in range(rounds):
                 _round(paths, requests, round_index, cpus, samples)
+        port = receiver.getsockname()[1]
+        recording = {
+            name: cpu_per_request("disabled" if name == "disabled" else _backend_list(name), port)
+            for name in ("disabled", *BACKEND_PATHS)
+        }
     finally:
         receiver.close()
-    return _report(samples, requests, rounds, target_percent, pinned=cpus is not None)
+    return _report(samples, recording, requests, rounds, target_percent, pinned=cpus is not None)
+
+
+def _backend_list(backend: str) -> str:
+    return "prometheus,statsd,datadog" if backend == "all" else backend
 
 
 def _round(
@@ -286,6 +299,7 @@ def _round(
 
 def _report(
     samples: dict[str, _Samples],
+    recording: dict[str, float],
     requests: int,
     rounds: int,
     target_percent: float,
@@ -313,6 +327,10 @@ def _report(
             "overhead_percent": round(percent, 3),
             "passes_target": percent <= target_percent,
             "round_overhead_percent": per_round,
+            "recording_cpu": recording[backend],
+            "recording_cpu_percent": round(
+                100 * (recording[backend] - recording["disabled"]) / stats[BASELINE].p50, 3
+            ),
         }
     direct = samples["direct"].round_medians
     return {
@@ -328,6 +346,7 @@ def _report(
             statistics.median(round_percents(BASELINE, samples["direct"])), 3
         ),
         "noise_percent": round(statistics.median(round_percents(CONTROL, base)), 3),
+        "recording_cpu_disabled": recording["disabled"],
         "backends": backends,
         "passes_target": all(entry["passes_target"] for entry in backends.values()),
     }
@@ -360,5 +379,17 @@ def print_report(report: dict[str, Any], out: IO[str]) -> None:
         print(
             f"instrumentation overhead, {backend:10}: {row['overhead_percent']:+6.2f}% "
             f"(target <= {report['target_percent']:g}%) {verdict}  [rounds: {rounds}]",
+            file=out,
+        )
+    print(
+        "recording CPU per request, in process (the bound if all of it fell on the round "
+        f"trip): disabled {report['recording_cpu_disabled'] * us:.1f} µs",
+        file=out,
+    )
+    for backend, row in report["backends"].items():
+        extra = row["recording_cpu"] - report["recording_cpu_disabled"]
+        print(
+            f"  {backend:10}: {row['recording_cpu'] * us:5.1f} µs, {extra * us:+5.1f} µs = "
+            f"{row['recording_cpu_percent']:+.1f}% of the metrics-disabled proxy's p50",
             file=out,
         )

@@ -88,6 +88,8 @@ def test_bench_json_carries_the_brief_fields(tmp_path):
             "overhead_percent",
             "passes_target",
             "round_overhead_percent",
+            "recording_cpu",
+            "recording_cpu_percent",
         }
         assert entry["passes_target"] == (entry["overhead_percent"] <= report["target_percent"])
         assert len(entry["round_overhead_percent"]) == 2
@@ -96,6 +98,8 @@ def test_bench_json_carries_the_brief_fields(tmp_path):
         )
     assert report["pinned"] == (len(os.sched_getaffinity(0)) >= 2)
     assert isinstance(report["noise_percent"], float)
+    assert 0 < report["recording_cpu_disabled"] < report["backends"]["all"]["recording_cpu"]
+    assert "recording CPU per request" in result.stdout
     assert "instrumentation overhead, prometheus" in result.stdout
 
 
