@@ -60,7 +60,10 @@ class Bookkeeping:
         self._on_answered = on_answered
         self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
         self._server_requests: dict[Any, _Pending] = {}  # server requests awaiting the client
-        self._late_ok: set[Any] = set()  # ids whose late answers are expected, not errors
+        # Ids whose late answers are expected, not errors; per direction, as each side
+        # numbers its own requests.
+        self._late_from_server: set[Any] = set()
+        self._late_from_client: set[Any] = set()
         self._wall_clock = time() - perf_counter()  # perf_counter() -> epoch seconds
         self._session: Any = None
 
@@ -105,7 +108,7 @@ class Bookkeeping:
             expired.append(key)
         for key, request in self._take_expired(self._server_requests, now):
             request.tracker.finish(TIMEOUT)
-            self._expect_late(key)
+            self._expect_late(self._late_from_client, key)
         return expired
 
     @staticmethod
@@ -154,6 +157,9 @@ class Bookkeeping:
                 tracker.upstream_started(at=sent)
                 # from when the server had it all: requests queued behind a server that is
                 # not reading do not time out for its sake
+                reused = self._pending.pop(message.id, None)
+                if reused is not None:  # the client reused a waiting id: that one is lost
+                    reused.tracker.finish(ERROR)
                 self._pending[message.id] = _Pending(tracker, sent + self._timeout)
                 if message.method == "initialize" and self._session is None:
                     self._session = metrics.session()
@@ -163,15 +169,16 @@ class Bookkeeping:
                 tracker.request_size(size)
                 tracker.finish(OK, at=sent)
                 if message.cancels is not None:
-                    self._cancel(self._pending.pop(message.cancels, None), message.cancels, sent)
+                    request = self._pending.pop(message.cancels, None)
+                    self._cancel(request, message.cancels, sent, self._late_from_server)
             elif message.kind == "response":
                 server_request = self._server_requests.pop(message.id, None)
                 if server_request is not None:
                     server_request.tracker.finish(
                         ERROR if message.is_error else OK, response_size=size, at=sent
                     )
-                elif message.id in self._late_ok:
-                    self._late_ok.discard(message.id)
+                elif message.id in self._late_from_client:
+                    self._late_from_client.discard(message.id)
                 else:
                     metrics.upstream_error(self._name, "unknown_id")
             else:
@@ -189,8 +196,8 @@ class Bookkeeping:
             if message.kind == "response":
                 pending = self._pending.pop(message.id, None)
                 if pending is None:
-                    if message.id in self._late_ok:
-                        self._late_ok.discard(message.id)  # answered anyway: allowed
+                    if message.id in self._late_from_server:
+                        self._late_from_server.discard(message.id)  # answered anyway: allowed
                     elif message.id != jsonrpc.NULL_ID:  # null: a reply to malformed input
                         metrics.upstream_error(self._name, "unknown_id")
                     continue
@@ -209,18 +216,19 @@ class Bookkeeping:
                 tracker.finish(OK, at=written)
                 if message.cancels is not None:
                     request = self._server_requests.pop(message.cancels, None)
-                    self._cancel(request, message.cancels, written)
+                    self._cancel(request, message.cancels, written, self._late_from_client)
             else:
                 metrics.upstream_error(self._name, "malformed_output")
 
-    def _cancel(self, request: _Pending | None, key: Any, at: float) -> None:
+    def _cancel(self, request: _Pending | None, key: Any, at: float, late: set[Any]) -> None:
         """A request its sender cancelled: recorded as cancelled, and an answer that still
         comes is relayed without counting as an error."""
         if request is None:
             return
         request.tracker.finish(CANCELLED, at=at)
-        self._expect_late(key)
+        self._expect_late(late, key)
 
-    def _expect_late(self, key: Any) -> None:
-        if len(self._late_ok) < MAX_LATE:
-            self._late_ok.add(key)
+    @staticmethod
+    def _expect_late(late: set[Any], key: Any) -> None:
+        if len(late) < MAX_LATE:
+            late.add(key)
