@@ -1217,3 +1217,310 @@ def test_client_eof_ends_the_proxy_and_its_server(start_proxy_process, tmp_path)
     assert wait_until(server_gone, 3, f"the server (pid {server_pid}) to end")
     directions = [json.loads(raw)["direction"] for raw in tape_path.read_bytes().splitlines()]
     assert directions == ["client_to_server", "server_to_client"] * 2
+
+
+# -- tape of the proxy's answers, server request expiry, batch sizes --
+
+
+def read_tape(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in path.read_bytes().splitlines()]
+
+
+def taped(data: bytes) -> str:
+    """A line as the tape holds it: its text, without the newline."""
+    return data.decode().rstrip("\n")
+
+
+def test_tape_records_the_timeout_answer_after_its_request(start_proxy, tmp_path):
+    tape_path = tmp_path / "timeout.tape"
+    proxy = start_proxy(proxy_settings={"request_timeout_secs": 0.3}, tape_path=tape_path)
+    slow = call(1, "slow", seconds=0.8)
+    proxy.send(slow)
+    timed_out = proxy.out.recv(timeout=3)
+    assert (json.loads(timed_out)["id"], error_code(json.loads(timed_out))) == (1, -32001)
+    assert proxy.out.quiet_for(0.8) == []  # the server's late answer (at 0.8 s) is dropped
+    ping = request(2, "ping")
+    proxy.send(ping)
+    pong = proxy.out.recv()
+    assert json.loads(pong) == {"jsonrpc": "2.0", "id": 2, "result": {}}
+    assert proxy.close_client() == 0
+    entries = read_tape(tape_path)
+    # The proxy's own answer is taped as such, after the request it answers; the late
+    # response it swallowed is not taped at all (no server_to_client line for id 1).
+    assert [(e["direction"], e["message"]) for e in entries] == [
+        ("client_to_server", taped(slow)),
+        ("proxy_to_client", taped(timed_out)),
+        ("client_to_server", taped(ping)),
+        ("server_to_client", taped(pong)),
+    ]
+    assert [e["ts"] for e in entries] == sorted(e["ts"] for e in entries)
+    assert 0.3 <= entries[1]["ts"] - entries[0]["ts"] < 0.8
+    assert proxy.count("shadowcat_tape_operations_total", operation="record") == 4
+
+
+def test_tape_records_a_rate_limited_request_and_the_proxy_refusal(start_proxy, tmp_path):
+    tape_path = tmp_path / "limited.tape"
+    settings = {"rate_limits": {"tools/call": 0.1}}  # one token, then one every 10 s
+    proxy = start_proxy(proxy_settings=settings, tape_path=tape_path)
+    first, second, ping = (
+        call(1, "echo", text="one"),
+        call(2, "echo", text="two"),
+        request(3, "ping"),
+    )
+    proxy.send(first)
+    answered = proxy.out.recv()
+    assert json.loads(answered)["result"]["content"][0]["text"] == "one"
+    proxy.send(second)
+    refused = proxy.out.recv()
+    assert (json.loads(refused)["id"], error_code(json.loads(refused))) == (2, -32002)
+    proxy.send(ping)
+    pong = proxy.out.recv()
+    assert json.loads(pong)["id"] == 3
+    assert proxy.close_client() == 0
+    entries = [(e["direction"], e["message"]) for e in read_tape(tape_path)]
+    assert ("proxy_to_client", taped(refused)) in entries
+    # Every message in the order it went through: the refused request too, before the
+    # proxy's answer to it (an answer to a request the tape never shows cannot be replayed
+    # or audited).
+    assert entries == [
+        ("client_to_server", taped(first)),
+        ("server_to_client", taped(answered)),
+        ("client_to_server", taped(second)),
+        ("proxy_to_client", taped(refused)),
+        ("client_to_server", taped(ping)),
+        ("server_to_client", taped(pong)),
+    ]
+    assert proxy.count("shadowcat_rate_limit_exceeded_total", limit_type="per_method") == 1
+
+
+def test_tape_records_refusals_while_the_server_is_down_and_too_long_answers(start_proxy, tmp_path):
+    tape_path = tmp_path / "down.tape"
+    settings = {"restart": True, "restart_backoff_secs": 1.0, "max_line_bytes": 2048}
+    proxy = start_proxy(proxy_settings=settings, tape_path=tape_path)
+    crash = call(1, "crash")
+    proxy.send(crash)
+    exited = proxy.out.recv()
+    assert json.loads(exited)["error"] == {"code": -32000, "message": "the server exited"}
+    ping = request(2, "ping")
+    proxy.send(ping)  # the server is down (restart in 1 s): refused at once
+    refused = proxy.out.recv(timeout=0.5)
+    assert (json.loads(refused)["id"], error_code(json.loads(refused))) == (2, -32000)
+    proxy.send(call(3, "echo", text="x" * 5000))  # over max_line_bytes: never relayed
+    too_long = proxy.out.recv()
+    assert json.loads(too_long) == {
+        "jsonrpc": "2.0",
+        "id": None,
+        "error": {"code": -32600, "message": "message too long"},
+    }
+    assert proxy.close_client() == 0
+    entries = [(e["direction"], e["message"]) for e in read_tape(tape_path)]
+    assert [m for d, m in entries if d == "proxy_to_client"] == [
+        taped(exited),
+        taped(refused),
+        taped(too_long),
+    ]
+    assert entries == [
+        ("client_to_server", taped(crash)),
+        ("proxy_to_client", taped(exited)),
+        ("client_to_server", taped(ping)),  # refused, but a message the client sent
+        ("proxy_to_client", taped(refused)),
+        ("proxy_to_client", taped(too_long)),  # the dropped line itself is not taped
+    ]
+
+
+def test_an_unanswered_server_request_times_out_and_a_late_answer_is_expected(
+    start_proxy, tmp_path
+):
+    server = ScriptedServer(tmp_path)
+    proxy = start_proxy(server.command, {"request_timeout_secs": 0.3})
+    proxy.send(call(5, "late-ask"))
+    timed_out = proxy.recv_json(timeout=3)
+    assert (timed_out["id"], error_code(timed_out)) == (5, -32001)
+    roots = proxy.recv_json(timeout=3)  # the server's own request, at 1 s
+    assert roots == {"jsonrpc": "2.0", "id": 5, "method": "roots/list"}
+    # The client leaves it unanswered: recorded as a timeout once request_timeout_secs pass.
+    wait_until(lambda: proxy.requests("roots/list", "timeout"), 5, "the server request to expire")
+    durations = proxy.observed(
+        "shadowcat_request_duration_seconds", method="roots/list", status="timeout"
+    )
+    assert len(durations) == 1
+    assert 0.3 <= durations[0] < 0.8
+    # Nothing is sent to anyone in the client's name: not to the client, not to the server.
+    assert proxy.out.quiet_for(0.1) == []
+    assert server.received() == call(5, "late-ask")
+    # The client answers late: relayed to the server as it is, not an unknown id.
+    late = line({"jsonrpc": "2.0", "id": 5, "result": {"roots": []}})
+    proxy.send(late)
+    assert proxy.ask(call(6, "echo"))["result"]["tool"] == "echo"
+    assert server.received() == call(5, "late-ask") + late + call(6, "echo")
+    assert proxy.settled(1, REQUESTS, method="tools/call", status="ok") == 1
+    assert proxy.upstream_errors("unknown_id") == 0
+    assert proxy.requests("roots/list", "timeout") == 1
+    assert proxy.requests("roots/list", "ok") == 0
+    assert proxy.requests("roots/list", "error") == 0
+    assert proxy.upstream_errors("timeout") == 1  # the client's request 5 only
+    # Once expected, a second answer with the same id is unknown again.
+    proxy.send(late)
+    assert proxy.ask(request(7, "ping"))["id"] == 7
+    assert proxy.settled(1, UPSTREAM_ERRORS, error_type="unknown_id") == 1
+
+
+def test_a_server_request_answered_in_time_is_not_expired(start_proxy):
+    proxy = start_proxy(proxy_settings={"request_timeout_secs": 0.5})
+    sampling = proxy.ask(call(1, "ask", question="q"))
+    assert sampling["method"] == "sampling/createMessage"
+    time.sleep(0.2)
+    answer = {"jsonrpc": "2.0", "id": sampling["id"], "result": {"content": {"text": "a"}}}
+    assert proxy.ask(line(answer))["result"]["content"][0]["text"] == "model: a"
+    assert proxy.out.quiet_for(0.6) == []  # past the deadline: nothing more
+    assert proxy.settled(1, REQUESTS, method="sampling/createMessage", status="ok") == 1
+    assert proxy.requests("sampling/createMessage", "timeout") == 0
+    assert proxy.requests("tools/call", "timeout") == 0
+    assert proxy.upstream_errors("unknown_id") == 0
+
+
+def test_a_batch_shares_its_bytes_among_its_requests(start_proxy):
+    proxy = start_proxy()
+    members = [request("a", "ping"), call("b", "echo", text="hi"), request("c", "ping")]
+    batch = line([json.loads(member) for member in members])
+    assert len(batch) % 3, "a length that does not divide evenly, to see the rounding"
+    proxy.send(batch)
+    answers = [proxy.out.recv() for _ in range(3)]  # the demo server answers line by line
+    assert sorted(json.loads(raw)["id"] for raw in answers) == ["a", "b", "c"]
+    share = len(batch) // 3
+    sizes = "shadowcat_request_size_bytes"
+    assert settle(lambda: len(proxy.observed(sizes)), 3) == 3
+    assert proxy.observed(sizes) == [share] * 3
+    assert sum(proxy.observed(sizes)) == 3 * share
+    assert proxy.observed(sizes, method="ping") == [share, share]
+    assert proxy.observed(sizes, method="tools/call") == [share]
+    # The answers came one per line: each response records its own line's length.
+    by_id = {json.loads(raw)["id"]: len(raw) for raw in answers}
+    responses = "shadowcat_response_size_bytes"
+    assert proxy.settled(2, REQUESTS, method="ping", status="ok") == 2
+    assert sorted(proxy.observed(responses, method="ping")) == sorted([by_id["a"], by_id["c"]])
+    assert proxy.observed(responses, method="tools/call") == [by_id["b"]]
+
+
+BATCH_SERVER = r"""
+import json, sys
+out = sys.stdout.buffer
+for raw in sys.stdin.buffer:
+    payload = json.loads(raw)
+    items = payload if isinstance(payload, list) else [payload]
+    answers = [{"jsonrpc": "2.0", "id": item["id"], "result": {"n": i * "n"}}
+               for i, item in enumerate(items) if "id" in item]
+    if answers:
+        out.write(json.dumps(answers if isinstance(payload, list) else answers[0]).encode()
+                  + b"\n")
+        out.flush()
+"""
+
+
+def test_a_batch_response_shares_its_bytes_and_notifications_take_their_share(
+    start_proxy, tmp_path
+):
+    script = tmp_path / "batch_server.py"
+    script.write_text(BATCH_SERVER)
+    proxy = start_proxy([sys.executable, str(script)])
+    note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progress": 1}}
+    batch = line([json.loads(request(1, "ping")), note, json.loads(request(2, "tools/list"))])
+    proxy.send(batch)
+    answer = proxy.out.recv()  # one line: an array of two responses
+    assert [m["id"] for m in json.loads(answer)] == [1, 2]
+    assert proxy.settled(1, REQUESTS, method="tools/list", status="ok") == 1
+    assert proxy.requests("ping", "ok") == 1
+    assert proxy.requests("notifications/progress", "ok") == 1
+    # Three messages in the request line (the notification among them), two in the answer.
+    requests = "shadowcat_request_size_bytes"
+    assert proxy.observed(requests, method="ping") == [len(batch) // 3]
+    assert proxy.observed(requests, method="notifications/progress") == [len(batch) // 3]
+    assert proxy.observed(requests, method="tools/list") == [len(batch) // 3]
+    responses = "shadowcat_response_size_bytes"
+    assert proxy.observed(responses, method="ping") == [len(answer) // 2]
+    assert proxy.observed(responses, method="tools/list") == [len(answer) // 2]
+    # A single message keeps its whole line.
+    single = request(3, "ping")
+    proxy.send(single)
+    reply = proxy.out.recv()
+    assert json.loads(reply)["id"] == 3
+    assert proxy.settled(2, REQUESTS, method="ping", status="ok") == 2
+    assert proxy.observed(requests, method="ping") == [len(batch) // 3, len(single)]
+    assert proxy.observed(responses, method="ping") == [len(answer) // 2, len(reply)]
+
+
+def test_a_request_timeout_fires_on_its_deadline(start_proxy):
+    proxy = start_proxy(proxy_settings={"request_timeout_secs": 0.3})
+    started = time.monotonic()
+    proxy.send(call(1, "slow", seconds=2.0))
+    timed_out = proxy.recv_json(timeout=3)
+    elapsed = time.monotonic() - started
+    assert (timed_out["id"], error_code(timed_out)) == (1, -32001)
+    assert 0.3 <= elapsed <= 0.8, f"the timeout answer came after {elapsed:.3f} s"
+
+
+def test_each_pending_request_times_out_on_its_own_deadline(start_proxy):
+    """The server is busy with the first request; the second waits in its input pipe (the
+    server has it whole): each times out request_timeout_secs after it was sent."""
+    proxy = start_proxy(proxy_settings={"request_timeout_secs": 0.4})
+    first_sent = time.monotonic()
+    proxy.send(call(1, "slow", seconds=1.5))
+    time.sleep(0.25)
+    second_sent = time.monotonic()
+    proxy.send(call(2, "echo", text="queued"))
+    first = proxy.recv_json(timeout=3)
+    first_at = time.monotonic()
+    second = proxy.recv_json(timeout=3)
+    second_at = time.monotonic()
+    assert (first["id"], error_code(first)) == (1, -32001)
+    assert (second["id"], error_code(second)) == (2, -32001)
+    assert 0.4 <= first_at - first_sent <= 0.7, first_at - first_sent
+    assert 0.4 <= second_at - second_sent <= 0.7, second_at - second_sent
+    assert second_at - first_at >= 0.15  # not expired together with the first
+    assert proxy.settled(2, REQUESTS, method="tools/call", status="timeout") == 2
+    assert proxy.upstream_errors("timeout") == 2
+
+
+DEADLINE_SERVER = r"""
+import json, sys, time
+out = sys.stdout.buffer
+for raw in sys.stdin.buffer:
+    message = json.loads(raw)
+    if "id" not in message or "method" not in message:
+        continue
+    delay = message["params"]["arguments"]["delay"]
+    time.sleep(delay)  # then answer: just before, at or just after the proxy's deadline
+    out.write(json.dumps({"jsonrpc": "2.0", "id": message["id"], "result": {"delay": delay}})
+              .encode() + b"\n")
+    out.flush()
+"""
+
+
+def test_a_response_arriving_just_before_the_deadline_is_the_only_answer(start_proxy, tmp_path):
+    """A response the server sends just before its request's deadline is relayed at once
+    and recorded a millisecond later: the timeout must not fire in between, or the client
+    gets two answers for one id (the response, then -32001)."""
+    script = tmp_path / "deadline_server.py"
+    script.write_text(DEADLINE_SERVER)
+    timeout = 0.05
+    proxy = start_proxy([sys.executable, str(script)], {"request_timeout_secs": timeout})
+    rounds = 40
+    answers: list[dict[str, Any]] = []
+    for i in range(rounds):  # delays from 3 ms before the deadline to 1 ms after it
+        proxy.send(call(i, "answer", delay=timeout - 0.003 + i * 0.0001))
+        while not any(m["id"] == i for m in answers):
+            answers.append(proxy.recv_json(timeout=3))
+        time.sleep(0.005)  # the server is done with it (a late answer is dropped)
+    answers += [json.loads(raw) for raw in proxy.out.quiet_for(0.3)]
+    ids = Counter(m["id"] for m in answers)
+    twice = {
+        i: [m.get("result", m.get("error")) for m in answers if m["id"] == i]
+        for i, n in ids.items()
+        if n > 1
+    }
+    assert not twice, f"{len(twice)} of {rounds} requests answered twice: {twice}"
+    assert sorted(ids) == list(range(rounds))
+    ok = sum("result" in m for m in answers)
+    assert proxy.settled(ok, REQUESTS, method="tools/call", status="ok") == ok
+    assert proxy.requests("tools/call", "timeout") == rounds - ok
+    assert proxy.upstream_errors("unknown_id") == 0

@@ -26,6 +26,8 @@ from metricsfacade.shadowcat import CANCELLED, ERROR, OK, TIMEOUT, RequestTracke
 TRANSPORT = "stdio"
 #: An entry: [origin, line, read at, relayed at (0.0 until relayed), parsed messages]
 FROM_CLIENT, FROM_SERVER, FROM_PROXY, SERVER_EXIT = "client", "server", "proxy", "exit"
+#: A client line the proxy answered itself (counted by ``record_refused``): taped only.
+REFUSED = "refused"
 #: The messages of an entry whose line the relay did not need to parse.
 NOT_PARSED: Any = object()
 #: Ids remembered for late answers, at most.
@@ -80,6 +82,8 @@ class Bookkeeping:
             self._track_from_server(parsed, line, read_at, relayed_at)
         elif origin == FROM_PROXY:
             self._tape_line(PROXY_TO_CLIENT, line, read_at)
+        elif origin == REFUSED:
+            self._tape_line(CLIENT_TO_SERVER, line, read_at)
 
     def record_refused(self, message: Message, read_at: float) -> None:
         """A request the proxy answered with an error itself."""

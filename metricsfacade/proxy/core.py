@@ -37,6 +37,7 @@ from metricsfacade.proxy.bookkeeping import (
     FROM_PROXY,
     FROM_SERVER,
     NOT_PARSED,
+    REFUSED,
     SERVER_EXIT,
     TRANSPORT,
     Bookkeeping,
@@ -224,6 +225,7 @@ class StdioProxy:
     def _on_timers(self, now: float) -> None:
         deadline = self._books.next_deadline()
         if deadline is not None and deadline <= now:
+            self._record(len(self._queue))  # a response already relayed is no timeout
             for key in self._books.expire(now):
                 self._swallow.add(key)  # its late response must not follow our answer
                 self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
@@ -259,15 +261,16 @@ class StdioProxy:
         return len(lines)
 
     def _relay_client_line(self, line: bytes, read_at: float) -> None:
-        messages = NOT_PARSED
-        if self._limiter is not None or not self._available() or not self._initialized_note:
-            messages = parse_line(line)
+        checked = self._limiter is not None or not self._available() or not self._initialized_note
+        messages = parse_line(line) if checked else NOT_PARSED
+        entry = [FROM_CLIENT, line, read_at, 0.0, messages]
+        self._enqueue(entry)  # before any answer of ours, for the tape's order
+        if checked:
             if not self._admit(messages, read_at):
+                entry[0], entry[RELAYED_AT] = REFUSED, read_at
                 return
             if messages and not self._initialized_note:
                 self._watch_client_handshake(messages, line)
-        entry = [FROM_CLIENT, line, read_at, 0.0, messages]
-        self._enqueue(entry)
         assert self._to_server is not None  # it is available
         self._to_server.write(line, entry)
 
