@@ -18,7 +18,7 @@ class Upstream:
         """Start the server (closing what is left of a previous run); returns the file
         descriptors of its stdin (ours to write) and its stdout (ours to read).
         Raises OSError if it cannot start."""
-        self.close_pipes()
+        self._close_pipes()
         self._process = subprocess.Popen(
             self.command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
         )
@@ -42,7 +42,7 @@ class Upstream:
         try:
             return self._reap(process, grace_secs)
         finally:
-            self.close_pipes()
+            self._close_pipes()
 
     @staticmethod
     def _reap(process: subprocess.Popen[bytes], grace_secs: float) -> int:
@@ -56,7 +56,7 @@ class Upstream:
             process.kill()
             return process.wait()
 
-    def close_pipes(self) -> None:
+    def _close_pipes(self) -> None:
         process = self._process
         if process is None:
             return

@@ -20,7 +20,7 @@ scheduler, two identical paths differ by up to 2x in a round, pinned by about 1 
 proxy's own overhead is ``proxy_disabled`` against ``direct``; the instrumentation overhead
 of a backend is its path against ``proxy_disabled``, in percent: the median, over rounds, of
 the ratio of the two paths' median latencies in that round. Beside it, the CPU time the
-proxy's bookkeeping spends per request with each backend (``bench_recording``): the bound
+proxy's bookkeeping spends per request with each backend (``bench.recording``): the bound
 on that overhead should all of it ever fall on the round trip.
 
 An idle CPU (a halted virtual CPU above all) takes tens of microseconds to wake, and a
@@ -32,22 +32,20 @@ that what is compared is the work, not the idle states.
 
 from __future__ import annotations
 
-import glob
-import json
 import os
 import random
 import socket
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import IO, Any
 
 import attrs
 
-from metricsfacade.bench_recording import cpu_per_request
+from metricsfacade.bench.peer import Peer
+from metricsfacade.bench.placement import client_on, kept_awake, place, two_cpus
+from metricsfacade.bench.recording import cpu_per_request
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
 BACKEND_PATHS = ("prometheus", "statsd", "datadog", "all")
@@ -57,140 +55,6 @@ WARMUP_REQUESTS = 30
 #: is not charged to the next path's request.
 SETTLE_SECS = 0.0003
 DEFAULT_TARGET_PERCENT = 5.0
-
-
-class Peer:
-    """One path: a process speaking MCP over pipes, already initialized."""
-
-    def __init__(self, command: Sequence[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            list(command), stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
-        )
-        stdin, stdout = self.process.stdin, self.process.stdout
-        assert stdin is not None
-        assert stdout is not None
-        self._in: IO[bytes] = stdin
-        self._out: IO[bytes] = stdout
-        self._next_id = 0
-        self.call(
-            "initialize",
-            {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": {"name": "metricsfacade-bench", "version": "1"},
-            },
-        )
-        self._in.write(b'{"jsonrpc":"2.0","method":"notifications/initialized"}\n')
-        self._in.flush()
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def call(self, method: str, params: dict[str, Any]) -> float:
-        """Send one request, wait for its response; the round trip in seconds."""
-        self._next_id += 1
-        line = (
-            json.dumps(
-                {"jsonrpc": "2.0", "id": self._next_id, "method": method, "params": params}
-            ).encode()
-            + b"\n"
-        )
-        started = time.perf_counter()
-        self._in.write(line)
-        self._in.flush()
-        response = self._out.readline()
-        elapsed = time.perf_counter() - started
-        if not response:
-            raise RuntimeError(f"{method}: the peer closed its output")
-        return elapsed
-
-    def close(self) -> None:
-        self._in.close()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-
-
-# -- placement and CPU time, from Linux's /proc (skipped where it is missing) ----------------
-
-
-def _two_cpus() -> tuple[int, int] | None:
-    """The CPU for the client and the servers, and the one for the proxies."""
-    try:
-        available = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return None
-    return (available[0], available[1]) if len(available) >= 2 else None
-
-
-def _threads(pid: int) -> list[int]:
-    try:
-        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
-    except OSError:
-        return []
-
-
-def _children(pid: int) -> list[int]:
-    children: list[int] = []
-    for path in glob.glob(f"/proc/{pid}/task/*/children"):
-        try:
-            with open(path) as handle:
-                children += [int(child) for child in handle.read().split()]
-        except OSError:
-            continue
-    return children
-
-
-def _pin(pid: int, cpu: int) -> None:
-    """Every thread of the process onto one CPU (a process it starts later inherits it)."""
-    for tid in _threads(pid):
-        try:
-            os.sched_setaffinity(tid, {cpu})
-        except OSError:  # the thread ended meanwhile
-            continue
-
-
-def _place(name: str, peer: Peer, cpus: tuple[int, int]) -> None:
-    client_cpu, proxy_cpu = cpus
-    if name == "direct":
-        _pin(peer.pid, client_cpu)
-        return
-    _pin(peer.pid, proxy_cpu)
-    for server in _children(peer.pid):
-        _pin(server, client_cpu)
-
-
-#: Keeps a CPU out of its idle states, yet yields it to any other process at once.
-SPINNER = "import os\nos.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))\nwhile 1: pass"
-
-
-@contextmanager
-def _kept_awake(cpus: tuple[int, int] | None) -> Iterator[None]:
-    spinners: list[subprocess.Popen[bytes]] = []
-    try:
-        for cpu in cpus or ():
-            spinners.append(subprocess.Popen([sys.executable, "-c", SPINNER]))
-            _pin(spinners[-1].pid, cpu)
-        yield
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
-
-
-@contextmanager
-def _client_on(cpu: int | None) -> Iterator[None]:
-    if cpu is None:
-        yield
-        return
-    before = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {cpu})
-    try:
-        yield
-    finally:
-        os.sched_setaffinity(0, before)
 
 
 # -- the bench ---------------------------------------------------------------------------------
@@ -243,10 +107,10 @@ def run_bench(
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # the agents' stand-in
     receiver.bind(("127.0.0.1", 0))
     paths = _paths(receiver.getsockname()[1])
-    cpus = _two_cpus() if pin else None
+    cpus = two_cpus() if pin else None
     samples = {name: _Samples() for name in paths}
     try:
-        with _kept_awake(cpus):
+        with kept_awake(cpus):
             for round_index in range(rounds):
                 _round(paths, requests, round_index, cpus, samples)
         port = receiver.getsockname()[1]
@@ -274,10 +138,10 @@ def _round(
     peers = {name: Peer(command, env) for name, (command, env) in paths.items()}
     params = {"name": "echo", "arguments": {"text": "benchmark"}}
     try:
-        with _client_on(cpus[0] if cpus else None):
+        with client_on(cpus[0] if cpus else None):
             for name, peer in peers.items():
                 if cpus is not None:
-                    _place(name, peer, cpus)
+                    place(peer.pid, name != "direct", cpus)
                 for _ in range(WARMUP_REQUESTS):
                     peer.call("tools/call", params)
             order = list(peers)
