@@ -16,18 +16,19 @@ path, then request 2...), so every path sees the same moments and the same neigh
 a short pause after each, so that what a path does after answering (recording the request)
 is charged to nobody else. With two CPUs or more, every path gets the same
 placement too (the client and the servers on one CPU, the proxies on another): left to the
-scheduler, two identical paths differ by up to 2x in a round, pinned by about 1 %. The
+scheduler, two identical paths differ by up to 7 % in a round here, pinned by a few. Pinned,
+each message to or from a proxy wakes a process on the other CPU, which direct messages do
+not, so the proxy's own overhead reads higher than unpinned. The
 proxy's own overhead is ``proxy_disabled`` against ``direct``; the instrumentation overhead
 of a backend is its path against ``proxy_disabled``, in percent: the median, over rounds, of
 the ratio of the two paths' median latencies in that round. Beside it, the CPU time the
 proxy's bookkeeping spends per request with each backend (``bench.recording``): the bound
 on that overhead should all of it ever fall on the round trip.
 
-An idle CPU (a halted virtual CPU above all) takes tens of microseconds to wake, and a
-proxy that records stays busy a little longer, so it is woken faster: unchecked, metrics
-*enabled* measure faster than disabled. While pinned, a spinner at the lowest priority
-(``SCHED_IDLE``: it runs only when nothing else wants the CPU) keeps each CPU awake, so
-that what is compared is the work, not the idle states.
+While pinned, a spinner at the lowest priority (``SCHED_IDLE``: it runs only when nothing
+else wants the CPU) keeps each CPU out of its idle states: a halted virtual CPU takes tens
+of microseconds to wake, which put this machine's p95 near 2 ms without it (about 0.5 ms
+with it) and widened the spread between rounds.
 """
 
 from __future__ import annotations
