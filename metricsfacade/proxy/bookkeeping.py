@@ -151,7 +151,7 @@ class Bookkeeping:
         if messages is None:
             metrics.upstream_error(self._name, "malformed_input")
             return
-        size = len(line) // len(messages) if messages else len(line)  # a batch's bytes shared
+        size = _share(line, messages)
         for message in messages:
             if message.kind == "request":
                 tracker = metrics.start_request(
@@ -169,9 +169,7 @@ class Bookkeeping:
                     self._session = metrics.session()
                     self._session.__enter__()
             elif message.kind == "notification":
-                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
-                tracker.request_size(size)
-                tracker.finish(OK, at=sent)
+                self._notification(message, size, read_at, sent)
                 if message.cancels is not None:
                     request = self._pending.pop(message.cancels, None)
                     self._cancel(request, message.cancels, sent, self._late_from_server)
@@ -195,7 +193,7 @@ class Bookkeeping:
         if messages is None:
             metrics.upstream_error(self._name, "malformed_output")
             return
-        size = len(line) // len(messages) if messages else len(line)
+        size = _share(line, messages)
         for message in messages:
             if message.kind == "response":
                 pending = self._pending.pop(message.id, None)
@@ -215,14 +213,17 @@ class Bookkeeping:
                 tracker.request_size(size)
                 self._server_requests[message.id] = _Pending(tracker, read_at + self._timeout)
             elif message.kind == "notification":
-                tracker = metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
-                tracker.request_size(size)
-                tracker.finish(OK, at=written)
+                self._notification(message, size, read_at, written)
                 if message.cancels is not None:
                     request = self._server_requests.pop(message.cancels, None)
                     self._cancel(request, message.cancels, written, self._late_from_client)
             else:
                 metrics.upstream_error(self._name, "malformed_output")
+
+    def _notification(self, message: Message, size: int, read_at: float, at: float) -> None:
+        tracker = self._metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
+        tracker.request_size(size)
+        tracker.finish(OK, at=at)
 
     def _cancel(self, request: _Pending | None, key: Any, at: float, late: set[Any]) -> None:
         """A request its sender cancelled: recorded as cancelled, and an answer that still
@@ -236,3 +237,8 @@ class Bookkeeping:
     def _expect_late(late: set[Any], key: Any) -> None:
         if len(late) < MAX_LATE:
             late.add(key)
+
+
+def _share(line: bytes, messages: list[Message]) -> int:
+    """Each message's size: a batch's bytes shared evenly among its messages."""
+    return len(line) // len(messages) if messages else len(line)
