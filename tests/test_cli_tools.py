@@ -98,6 +98,8 @@ def test_bench_json_carries_the_brief_fields(tmp_path):
         )
     assert report["pinned"] == (len(os.sched_getaffinity(0)) >= 2)
     assert isinstance(report["noise_percent"], float)
+    assert report["proxy_overhead_target"] == pytest.approx(100e-6)
+    assert "proxy's own overhead" in result.stdout
     assert 0 < report["recording_cpu_disabled"] < report["backends"]["all"]["recording_cpu"]
     assert "recording CPU per request" in result.stdout
     assert "instrumentation overhead, prometheus" in result.stdout

@@ -9,8 +9,11 @@ import glob
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+
+#: Pins a path's process (a proxy with its server, or a server) given the two CPUs.
+Placement = Callable[[int, bool, tuple[int, int]], None]
 
 
 def two_cpus() -> tuple[int, int] | None:
@@ -49,8 +52,9 @@ def _pin(pid: int, cpu: int) -> None:
             continue
 
 
-def place(pid: int, is_proxy: bool, cpus: tuple[int, int]) -> None:
-    """A proxy and its server, or a server alone, where every path has them."""
+def proxies_apart(pid: int, is_proxy: bool, cpus: tuple[int, int]) -> None:
+    """For comparing proxies: client and servers on the first CPU, the proxies alone on the
+    second, so no proxy's work competes with a server's."""
     client_cpu, proxy_cpu = cpus
     if not is_proxy:
         _pin(pid, client_cpu)
@@ -58,6 +62,15 @@ def place(pid: int, is_proxy: bool, cpus: tuple[int, int]) -> None:
     _pin(pid, proxy_cpu)
     for server in _children(pid):
         _pin(server, client_cpu)
+
+
+def client_apart(pid: int, is_proxy: bool, cpus: tuple[int, int]) -> None:
+    """For the proxy's own overhead: the client alone on the first CPU, a server (and the
+    proxy in front of it) on the second, so that direct and proxied messages cross between
+    the client and the rest alike, and the proxy adds only its own hop."""
+    _pin(pid, cpus[1])
+    for child in _children(pid):
+        _pin(child, cpus[1])
 
 
 #: Keeps a CPU out of its idle states, yet yields it to any other process at once.
