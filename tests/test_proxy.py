@@ -1188,10 +1188,17 @@ def test_ready_follows_the_initialize_response(start_proxy_process, tmp_path):
     assert http_get(url + "/ready")[0] == 503  # running, not initialized yet
     assert "result" in proxy.ask(initialize(2))
     wait_until(lambda: http_get(url + "/ready")[0] == 200, 2, "/ready to turn 200")
-    metrics = http_get(url + "/metrics")[1].decode()
-    assert re.search(
-        r'^shadowcat_requests_total\{[^}]*method="initialize"[^}]*\} 1(\.0)?$', metrics, re.M
+    initialize_counted = re.compile(
+        r'^shadowcat_requests_total\{[^}]*method="initialize"[^}]*\} 1(\.0)?$', re.M
     )
+    # Ready as the initialize response is relayed; recorded once the traffic pauses (1 ms).
+    wait_until(
+        lambda: initialize_counted.search(http_get(url + "/metrics")[1].decode()),
+        2,
+        "the initialize request to be recorded",
+    )
+    metrics = http_get(url + "/metrics")[1].decode()
+    assert initialize_counted.search(metrics)
     assert re.search(r'^shadowcat_circuit_breaker_state\{upstream="demo"\} 0(\.0)?$', metrics, re.M)
     assert re.search(r"^shadowcat_active_sessions 1(\.0)?$", metrics, re.M)
     assert proxy.close_client() == 0
