@@ -29,6 +29,7 @@ from typing import Any
 
 import psutil
 import pytest
+from readings import MemoryReadings
 
 import metricsfacade as mf
 from metricsfacade.config import load_config
@@ -189,7 +190,7 @@ class StateLog(ShadowcatMetrics):
         super().circuit_breaker_state(upstream, state)
 
 
-class InProcessProxy:
+class InProcessProxy(MemoryReadings):
     def __init__(
         self,
         command: list[str],
@@ -245,22 +246,6 @@ class InProcessProxy:
         self.facade.close()
 
     # -- metrics -------------------------------------------------------------------------------
-
-    def _records(self, name: str, labels: dict[str, str]) -> list[Any]:
-        records = self.facade.backend("memory").records(name)  # type: ignore[attr-defined]
-        return [r for r in records if all(r.labels.get(k) == v for k, v in labels.items())]
-
-    def count(self, name: str, **labels: str) -> float:
-        """A counter summed over the series matching ``labels`` (or a gauge's value)."""
-        return sum(record.value or 0.0 for record in self._records(name, labels))
-
-    def observed(self, name: str, **labels: str) -> list[float]:
-        return [
-            value
-            for record in self._records(name, labels)
-            if record.histogram is not None
-            for value in record.histogram.values
-        ]
 
     def requests(self, method: str, status: str) -> float:
         return self.count(REQUESTS, method=method, status=status)

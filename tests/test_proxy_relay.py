@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from readings import MemoryReadings
 
 import metricsfacade as mf
 from metricsfacade.proxy.bookkeeping import (
@@ -418,7 +419,7 @@ def cancelled(message_id: Any) -> bytes:
     return jline({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
 
 
-class Books:
+class Books(MemoryReadings):
     """A Bookkeeping on a memory-backed facade, with readers of what it recorded."""
 
     def __init__(self, tape_path: Path | None = None) -> None:
@@ -438,21 +439,6 @@ class Books:
     ) -> None:
         parsed = NOT_PARSED if messages is None else messages
         self.books.record([origin, line, read_at, relayed_at, parsed])
-
-    def _records(self, name: str, labels: dict[str, str]) -> list[Any]:
-        records = self.facade.backend("memory").records(name)  # type: ignore[attr-defined]
-        return [r for r in records if all(r.labels.get(k) == v for k, v in labels.items())]
-
-    def count(self, name: str, **labels: str) -> float:
-        return sum(record.value or 0.0 for record in self._records(name, labels))
-
-    def observed(self, name: str, **labels: str) -> list[float]:
-        return [
-            value
-            for record in self._records(name, labels)
-            if record.histogram is not None
-            for value in record.histogram.values
-        ]
 
     def requests(self, method: str, status: str) -> float:
         return self.count(REQUESTS, method=method, transport="stdio", status=status)
