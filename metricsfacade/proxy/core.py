@@ -158,6 +158,8 @@ class StdioProxy:
             lines = 0
             for fd, _ in events:
                 lines += self._on_ready(fd)
+            if self._to_client.broken:
+                self._begin_stopping()  # the client went away (a flush or a write found out)
             now = perf_counter()
             self._on_timers(now)
             self._idle = not events
@@ -211,15 +213,11 @@ class StdioProxy:
             return self._read_server(self._from_server)
         if fd == self._to_client.fd:
             self._to_client.flush()
-            if self._to_client.broken:
-                self._begin_stopping()  # the client went away
         elif self._to_server is not None and fd == self._to_server.fd:
             self._to_server.flush()
         return 0
 
     def _finished(self) -> bool:
-        if self._to_client.broken and self._stopping_since is None:
-            self._begin_stopping()
         return self._stopping_since is not None and self._from_server is None
 
     def _on_timers(self, now: float) -> None:
@@ -251,11 +249,10 @@ class StdioProxy:
         read_at = perf_counter()
         for line in lines:
             self._relay_client_line(line, read_at)
-        if source.too_long:
-            for _ in range(source.too_long):
-                self._reply(error_response(None, jsonrpc.INVALID_REQUEST, "message too long"))
-                self._metrics.upstream_error(self._name, "input_too_long")
-            source.too_long = 0
+        for _ in range(source.too_long):
+            self._reply(error_response(None, jsonrpc.INVALID_REQUEST, "message too long"))
+            self._metrics.upstream_error(self._name, "input_too_long")
+        source.too_long = 0
         if source.at_eof:
             self._begin_stopping()  # the client closed stdin: the session is over
         return len(lines)
@@ -331,10 +328,9 @@ class StdioProxy:
         read_at = perf_counter()
         for line in lines:
             self._relay_server_line(line, read_at)
-        if source.too_long:
-            for _ in range(source.too_long):
-                self._metrics.upstream_error(self._name, "output_too_long")
-            source.too_long = 0
+        for _ in range(source.too_long):
+            self._metrics.upstream_error(self._name, "output_too_long")
+        source.too_long = 0
         if source.at_eof:
             self._server_gone(read_at)
         return len(lines)
