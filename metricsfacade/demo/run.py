@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
-from typing import IO, TextIO
-
-from prometheus_client.parser import text_string_to_metric_families
+from typing import TextIO
 
 from metricsfacade.config import ProxySettings, load_config
 from metricsfacade.demo.client import DemoClient, Outcome
+from metricsfacade.demo.observe import ProxyLog, families, fetch, percentile
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
 #: The demo's proxy settings, as environment variables (a config file's [proxy] table wins).
@@ -38,7 +34,6 @@ DEMO_PROXY_ENV = {
 PACE_PER_SEC = 200.0
 BURST_EVERY_SECS = 10.0
 CRASH_AT_SECS = 6.0
-METRICS_URL = re.compile(r"metrics at (http\S+)")
 
 
 def run_demo(config_path: str | None, duration: float, out: TextIO) -> int:
@@ -60,7 +55,7 @@ def run_demo(config_path: str | None, duration: float, out: TextIO) -> int:
     assert proxy.stdin is not None
     assert proxy.stdout is not None
     assert proxy.stderr is not None
-    log = _ProxyLog(proxy.stderr)
+    log = ProxyLog(proxy.stderr)
     client = DemoClient(proxy.stdin, proxy.stdout)
     outcomes: list[Outcome] = []
     started = time.monotonic()
@@ -69,7 +64,11 @@ def run_demo(config_path: str | None, duration: float, out: TextIO) -> int:
         url = log.metrics_url(timeout=5)
         if url:
             base = url.rsplit("/", 1)[0]
-            print(f"metrics: {url}   health: {base}/health   ready: {base}/ready", file=out)
+            print(
+                f"metrics: {url}   health: {base}/health   ready: {base}/ready",
+                file=out,
+                flush=True,  # they serve only while the demo runs: show them now, not at exit
+            )
         _drive(client, outcomes, started, duration, out)
     except KeyboardInterrupt:
         pass
@@ -80,45 +79,11 @@ def run_demo(config_path: str | None, duration: float, out: TextIO) -> int:
         if out.isatty():
             print(file=out)
     url = log.metrics_url(timeout=0)
-    exposition = _fetch(url) if url else ""
+    exposition = fetch(url) if url else ""
     proxy.stdin.close()
     proxy.wait(10)
     _summary(outcomes, exposition, time.monotonic() - started, url, out=out)
     return 0
-
-
-class _ProxyLog:
-    """The proxy's stderr, read on a thread: its endpoint URL and its last lines."""
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        self._lines: list[str] = []
-        self._url: str | None = None
-        self._found = threading.Event()
-        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
-
-    def _read(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            line = raw.decode(errors="replace").rstrip()
-            self._lines.append(line)
-            match = METRICS_URL.search(line)
-            if match and self._url is None:
-                self._url = match.group(1)
-                self._found.set()
-
-    def metrics_url(self, timeout: float) -> str | None:
-        self._found.wait(timeout)
-        return self._url
-
-    def tail(self) -> str:
-        return "\n".join(self._lines[-10:])
-
-
-def _fetch(url: str) -> str:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return str(response.read().decode())
-    except OSError:
-        return ""
 
 
 def _drive(
@@ -173,7 +138,7 @@ class _Progress:
 def _summary(
     outcomes: list[Outcome], exposition: str, elapsed: float, url: str | None, *, out: TextIO
 ) -> None:
-    latencies = sorted(outcome.seconds for outcome in outcomes) or [math.nan]
+    latencies = sorted(outcome.seconds for outcome in outcomes)
     errors = sum(1 for outcome in outcomes if outcome.error_code is not None)
     refused = sum(1 for outcome in outcomes if outcome.error_code == -32002)
     unavailable = sum(1 for outcome in outcomes if outcome.error_code == -32000)
@@ -187,15 +152,14 @@ def _summary(
         ("requests", f"{len(outcomes)} in {elapsed:.1f} s ({rate:.0f}/s)"),
         (
             "latency p50 / p95",
-            f"{_ms(_quantile(latencies, 0.5))} / {_ms(_quantile(latencies, 0.95))}",
+            f"{_ms(percentile(latencies, 0.5))} / {_ms(percentile(latencies, 0.95))}",
         ),
         ("proxy-added latency (mean)", _ms(added)),
         ("errors", f"{errors} ({refused} rate-limited, {unavailable} while the server was down)"),
         ("upstream errors", _by_label(exposition, "shadowcat_upstream_errors_total", "error_type")),
     ]
-    if url:
-        base = url.rsplit("/", 1)[0]
-        rows += [("metrics", url), ("health / ready", f"{base}/health  {base}/ready")]
+    if url:  # the proxy has exited: its endpoint no longer answers
+        rows.append(("endpoint", f"closed; it served {url}, /health and /ready while the demo ran"))
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
         print(f"  {name:<{width}}  {value}", file=out)
@@ -204,7 +168,7 @@ def _summary(
 def _by_label(exposition: str, sample_name: str, label: str) -> str:
     """``a=1, b=2``: a counter's values by one label."""
     counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(exposition):
+    for family in families(exposition).values():
         for sample in family.samples:
             if sample.name == sample_name and sample.value:
                 key = sample.labels.get(label, "")
@@ -215,14 +179,10 @@ def _by_label(exposition: str, sample_name: str, label: str) -> str:
 def _samples(exposition: str) -> dict[str, float]:
     """Each sample name's total over its label sets."""
     totals: dict[str, float] = {}
-    for family in text_string_to_metric_families(exposition):
+    for family in families(exposition).values():
         for sample in family.samples:
             totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
     return totals
-
-
-def _quantile(ordered: list[float], quantile: float) -> float:
-    return ordered[min(len(ordered) - 1, int(quantile * len(ordered)))]
 
 
 def _ms(seconds: float) -> str:
