@@ -1,4 +1,8 @@
-"""The ``metricsfacade`` command."""
+"""The ``metricsfacade`` command.
+
+Each subcommand imports its module only when it runs, so ``--help``, ``--version`` and
+``check`` work with no extra installed, and a missing extra is a one-line message.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,38 @@ import argparse
 import json
 import logging
 import sys
+from importlib import metadata
 
-from metricsfacade.bench import print_report, run_bench
-from metricsfacade.check import run_check
-from metricsfacade.demo.run import run_demo
 from metricsfacade.errors import MetricsError
-from metricsfacade.proxy import run_proxy
+
+DISTRIBUTION = "metricsfacade"
+EXIT_USAGE = 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "proxy" and not _server_command(args):
+        parser.error("proxy: give the server command after --")
+    try:
+        status: int = args.run(args)
+    except MetricsError as exc:  # a configuration error or a missing extra: one line
+        print(f"metricsfacade {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return status
+
+
+def _version() -> str:
+    """The installed distribution's version: the one pip reports, not a copy in the code."""
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "unknown (run from a source tree that is not installed)"
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="metricsfacade", description="metricsfacade tools")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True)
     check = commands.add_parser(
         "check",
@@ -24,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         "2 for a configuration error. METRICSFACADE_* variables apply as in configure().",
     )
     check.add_argument("--config", metavar="FILE", help="a TOML file (default: built-in defaults)")
+    check.set_defaults(run=_check)
     proxy = commands.add_parser(
         "proxy",
         help="run an MCP stdio server behind a proxy that records the shadowcat_* metrics",
@@ -35,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     proxy.add_argument("--metrics-port", type=int, metavar="N", help="endpoint port (0: any free)")
     proxy.add_argument("--tape", metavar="FILE", help="record every message as JSON lines")
     proxy.add_argument("server", nargs=argparse.REMAINDER, metavar="-- COMMAND [ARGS...]")
+    proxy.set_defaults(run=_proxy)
     bench = commands.add_parser(
         "bench",
         help="measure the proxy's and the instrumentation's overhead per request",
@@ -51,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         action="store_false",
         help="leave process placement to the scheduler (noisier)",
     )
+    bench.set_defaults(run=_bench)
     demo = commands.add_parser(
         "demo",
         help="the proxy in front of a bundled MCP server, under realistic traffic",
@@ -60,25 +89,34 @@ def main(argv: list[str] | None = None) -> int:
     )
     demo.add_argument("--config", metavar="FILE", help="a TOML file (default: built-in)")
     demo.add_argument("--duration", type=float, default=0, help="seconds (0: until Ctrl-C)")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        logging.basicConfig(stream=sys.stderr, level=logging.ERROR)  # the summary tells
-        try:
-            return run_demo(args.config, args.duration, sys.stdout)
-        except MetricsError as exc:
-            print(f"metricsfacade demo: {exc}", file=sys.stderr)
-            return 2
-    if args.command == "bench":
-        return _bench(args)
-    if args.command == "check":
-        return run_check(args.config, sys.stdout)
-    if args.command == "proxy":
-        return _proxy(parser, args)
-    parser.error(f"unknown command {args.command!r}")
-    return 2
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _check(args: argparse.Namespace) -> int:
+    from metricsfacade.check import run_check  # noqa: PLC0415 (lazy, see above)
+
+    return run_check(args.config, sys.stdout)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from metricsfacade.demo.run import run_demo  # noqa: PLC0415 (lazy, see above)
+
+    logging.basicConfig(stream=sys.stderr, level=logging.ERROR)  # the summary tells
+    return run_demo(args.config, args.duration, sys.stdout)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from metricsfacade.backends import backend_class  # noqa: PLC0415 (lazy, see above)
+    from metricsfacade.bench import (  # noqa: PLC0415 (lazy, see above)
+        BACKEND_PATHS,
+        print_report,
+        run_bench,
+    )
+
+    for name in BACKEND_PATHS:  # a missing extra: one line now, not a dead proxy mid-run
+        if name != "all":
+            backend_class(name)
     report = run_bench(args.requests, args.rounds, args.target, pin=args.pin)
     print_report(report, sys.stdout)
     if args.json:
@@ -87,18 +125,20 @@ def _bench(args: argparse.Namespace) -> int:
     return 0 if report["passes_target"] else 1
 
 
-def _proxy(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    command = args.server[1:] if args.server[:1] == ["--"] else args.server
-    if not command:
-        parser.error("proxy: give the server command after --")
+def _server_command(args: argparse.Namespace) -> list[str]:
+    server: list[str] = args.server
+    return server[1:] if server[:1] == ["--"] else server
+
+
+def _proxy(args: argparse.Namespace) -> int:
+    from metricsfacade.proxy import run_proxy  # noqa: PLC0415 (lazy, see above)
+
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(name)s: %(message)s"
     )
-    try:
-        return run_proxy(command, args.config, metrics_port=args.metrics_port, tape_path=args.tape)
-    except MetricsError as exc:
-        print(f"metricsfacade proxy: {exc}", file=sys.stderr)
-        return 2
+    return run_proxy(
+        _server_command(args), args.config, metrics_port=args.metrics_port, tape_path=args.tape
+    )
 
 
 if __name__ == "__main__":
