@@ -272,6 +272,9 @@ MCP_METHODS = (
     "sampling/createMessage",
     "elicitation/create",
     "roots/list",
+    "tasks/*",
+    "server/discover",
+    "subscriptions/listen",
     "notifications/*",
 )
 
