@@ -185,6 +185,20 @@ def test_goroutines_without_a_loop_then_watch_loop(facade: mf.Metrics) -> None:
     assert scrape(facade)["shadowcat_memory_usage_bytes"] > 0
 
 
+def test_goroutines_counts_the_units_of_work_of_threaded_code(facade: mf.Metrics) -> None:
+    """Without asyncio (the threaded proxy), it counts what ``watch_work`` says, read on the
+    scraping thread at each scrape."""
+    collector = SystemCollector(facade)
+    in_flight: set[int] = set()
+    collector.watch_work(lambda: len(in_flight))
+    seen = []
+    for work in ({1, 2, 3}, {1}, set()):
+        in_flight.clear()
+        in_flight.update(work)
+        seen.append(scrape(facade)["shadowcat_goroutines"])
+    assert seen == [3, 1, 0]
+
+
 # -- push: a collector thread -------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""The system collector (brief Step 2): memory, CPU, asyncio tasks, threads, fds, uptime.
+"""The system collector (brief Step 2): memory, CPU, units of work, threads, fds, uptime.
 
 Values are real measurements from psutil: CPU percent is the process's CPU time over the
 time since the previous collection (never a stub 0). Collection runs just before every
@@ -10,9 +10,11 @@ asyncio tasks are counted from the collector's thread.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from metricsfacade import get_metrics
 from metricsfacade.config import MetricsConfig
@@ -42,10 +44,11 @@ SYSTEM_METRICS = (
 class SystemCollector:
     """Collects process metrics into a facade (the global one by default) while it runs.
 
-    ``loop``: the asyncio loop whose tasks ``shadowcat_goroutines`` counts; by default the
-    loop running where the collector is created. Created outside a loop (before
-    ``asyncio.run``), call ``watch_loop(asyncio.get_running_loop())`` once inside it; until a
-    loop is known, ``shadowcat_goroutines`` is not collected.
+    ``shadowcat_goroutines`` counts the concurrent units of work. ``loop``: the asyncio loop
+    whose tasks it counts; by default the loop running where the collector is created.
+    Created outside a loop (before ``asyncio.run``), call
+    ``watch_loop(asyncio.get_running_loop())`` once inside it; code without asyncio (a
+    threaded proxy) says what it counts with ``watch_work``. Until then it is not collected.
     """
 
     def __init__(
@@ -62,7 +65,10 @@ class SystemCollector:
         self._threads = typed_handle(gauges, "shadowcat_threads", Gauge)
         self._fds = typed_handle(gauges, "shadowcat_open_fds", Gauge)
         self._uptime = typed_handle(gauges, "shadowcat_uptime_seconds", Gauge)
-        self._loop = loop if loop is not None else _running_loop()
+        loop = loop if loop is not None else _running_loop()
+        self._units: Callable[[], int | None] | None = None
+        if loop is not None:
+            self.watch_loop(loop)
         self._process = psutil.Process()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -73,7 +79,12 @@ class SystemCollector:
 
     def watch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Count the tasks of this loop from now on."""
-        self._loop = loop
+        self._units = functools.partial(_task_count, loop)
+
+    def watch_work(self, count: Callable[[], int]) -> None:
+        """Count what ``count()`` says from now on: the units of work in flight of code that
+        runs without asyncio (called from the collecting thread: it must be thread-safe)."""
+        self._units = count
 
     def collect(self) -> None:
         """Read every value now and set the gauges."""
@@ -86,9 +97,9 @@ class SystemCollector:
                 if hasattr(process, "num_fds"):
                     self._fds.set(process.num_fds())
                 self._uptime.set(max(0.0, time.time() - process.create_time()))
-            loop = self._loop
-            if loop is not None and not loop.is_closed():
-                self._tasks.set(len(asyncio.all_tasks(loop)))
+            units = self._units() if self._units is not None else None
+            if units is not None:
+                self._tasks.set(units)
 
     # -- the facade runs it as a service -------------------------------------------------
 
@@ -118,6 +129,11 @@ class SystemCollector:
             except Exception:
                 logger.exception("metricsfacade: collecting system metrics failed")
             self._stop.wait(interval)
+
+
+def _task_count(loop: asyncio.AbstractEventLoop) -> int | None:
+    """The tasks of ``loop``; None once it is closed (the last count stays)."""
+    return None if loop.is_closed() else len(asyncio.all_tasks(loop))
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
