@@ -57,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Relays newline-delimited JSON-RPC between this process's stdin/stdout and "
         "COMMAND's, unchanged; logs go to stderr. Use it in an MCP client's server "
         "configuration: command `metricsfacade`, args `proxy -- npx ...`.",
+        epilog="Exit status: 0 when the client closed its input; the server's own status (1 if "
+        "that was 0 or a signal) when it exited by itself and restart is off; 2 for a "
+        "configuration error; 127 when the server command cannot start and restart is off; "
+        "128+N after stop signal N (129 SIGHUP, 130 SIGINT, 143 SIGTERM), once the requests in "
+        "flight are answered, the server is stopped and the tape is written. The first of "
+        "these to happen decides.",
     )
     proxy.add_argument("--config", metavar="FILE", help="a TOML file ([metrics], [metrics.proxy])")
     proxy.add_argument("--metrics-port", type=int, metavar="N", help="endpoint port (0: any free)")

@@ -741,12 +741,13 @@ def test_too_long_client_line_is_answered_and_the_session_goes_on(start_proxy, t
     proxy = start_proxy(server.command, {"max_line_bytes": 2048})
     proxy.send(call(9, "echo", text="x" * 5000))
     too_long = proxy.recv_json()
-    assert too_long == {
+    assert too_long == {  # its id, read from the start of the line: the client is answered
         "jsonrpc": "2.0",
-        "id": None,
+        "id": 9,
         "error": {"code": -32600, "message": "message too long"},
     }
     assert proxy.settled(1, UPSTREAM_ERRORS, error_type="input_too_long") == 1
+    assert proxy.settled(1, REQUESTS, method="tools/call", status="error") == 1
     assert proxy.ask(call(10, "echo"))["id"] == 10
     # A line of exactly max_line_bytes (newline included) is not too long.
     base = call(11, "echo", text="")
@@ -1301,7 +1302,7 @@ def test_tape_records_refusals_while_the_server_is_down_and_too_long_answers(sta
     too_long = proxy.out.recv()
     assert json.loads(too_long) == {
         "jsonrpc": "2.0",
-        "id": None,
+        "id": 3,
         "error": {"code": -32600, "message": "message too long"},
     }
     assert proxy.close_client() == 0
@@ -1371,6 +1372,12 @@ def test_a_server_request_answered_in_time_is_not_expired(start_proxy):
     assert proxy.upstream_errors("unknown_id") == 0
 
 
+def shares(data: bytes, count: int) -> list[int]:
+    """A batch line's bytes shared evenly, what is left over one byte each to the first."""
+    share, left_over = divmod(len(data), count)
+    return [share + (index < left_over) for index in range(count)]
+
+
 def test_a_batch_shares_its_bytes_among_its_requests(start_proxy):
     proxy = start_proxy()
     members = [request("a", "ping"), call("b", "echo", text="hi"), request("c", "ping")]
@@ -1379,13 +1386,12 @@ def test_a_batch_shares_its_bytes_among_its_requests(start_proxy):
     proxy.send(batch)
     answers = [proxy.out.recv() for _ in range(3)]  # the demo server answers line by line
     assert sorted(json.loads(raw)["id"] for raw in answers) == ["a", "b", "c"]
-    share = len(batch) // 3
+    a, b, c = shares(batch, 3)
     sizes = "shadowcat_request_size_bytes"
     assert settle(lambda: len(proxy.observed(sizes)), 3) == 3
-    assert proxy.observed(sizes) == [share] * 3
-    assert sum(proxy.observed(sizes)) == 3 * share
-    assert proxy.observed(sizes, method="ping") == [share, share]
-    assert proxy.observed(sizes, method="tools/call") == [share]
+    assert sum(proxy.observed(sizes)) == len(batch)  # every byte relayed, no more
+    assert proxy.observed(sizes, method="ping") == [a, c]
+    assert proxy.observed(sizes, method="tools/call") == [b]
     # The answers came one per line: each response records its own line's length.
     by_id = {json.loads(raw)["id"]: len(raw) for raw in answers}
     responses = "shadowcat_response_size_bytes"
@@ -1425,20 +1431,23 @@ def test_a_batch_response_shares_its_bytes_and_notifications_take_their_share(
     assert proxy.requests("notifications/progress", "ok") == 1
     # Three messages in the request line (the notification among them), two in the answer.
     requests = "shadowcat_request_size_bytes"
-    assert proxy.observed(requests, method="ping") == [len(batch) // 3]
-    assert proxy.observed(requests, method="notifications/progress") == [len(batch) // 3]
-    assert proxy.observed(requests, method="tools/list") == [len(batch) // 3]
+    ping, note_size, tools_list = shares(batch, 3)
+    assert proxy.observed(requests, method="ping") == [ping]
+    assert proxy.observed(requests, method="notifications/progress") == [note_size]
+    assert proxy.observed(requests, method="tools/list") == [tools_list]
+    assert ping + note_size + tools_list == len(batch)
     responses = "shadowcat_response_size_bytes"
-    assert proxy.observed(responses, method="ping") == [len(answer) // 2]
-    assert proxy.observed(responses, method="tools/list") == [len(answer) // 2]
+    ping_answer, tools_list_answer = shares(answer, 2)
+    assert proxy.observed(responses, method="ping") == [ping_answer]
+    assert proxy.observed(responses, method="tools/list") == [tools_list_answer]
     # A single message keeps its whole line.
     single = request(3, "ping")
     proxy.send(single)
     reply = proxy.out.recv()
     assert json.loads(reply)["id"] == 3
     assert proxy.settled(2, REQUESTS, method="ping", status="ok") == 2
-    assert proxy.observed(requests, method="ping") == [len(batch) // 3, len(single)]
-    assert proxy.observed(responses, method="ping") == [len(answer) // 2, len(reply)]
+    assert proxy.observed(requests, method="ping") == [ping, len(single)]
+    assert proxy.observed(responses, method="ping") == [ping_answer, len(reply)]
 
 
 def test_a_request_timeout_fires_on_its_deadline(start_proxy):

@@ -28,7 +28,7 @@ from metricsfacade.proxy.bookkeeping import (
     Bookkeeping,
 )
 from metricsfacade.proxy.jsonrpc import parse_line
-from metricsfacade.proxy.relay import RELAYED_AT, LineInput, LineOutput
+from metricsfacade.proxy.relay import DROPPED_HEAD_BYTES, RELAYED_AT, LineInput, LineOutput
 from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.shadowcat import ShadowcatMetrics
 
@@ -123,7 +123,7 @@ def test_line_input_yields_the_short_lines_in_order_however_they_are_chunked(
     cuts = sorted(data.draw(st.sets(st.integers(1, max(1, len(stream) - 1)), max_size=30)))
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     expected = [line + b"\n" for line in lines if len(line) + 1 <= LIMIT]
-    too_long = sum(len(line) + 1 > LIMIT for line in lines)
+    too_long = [line for line in lines if len(line) + 1 > LIMIT]
 
     read_fd, write_fd = os.pipe()
     try:
@@ -148,9 +148,13 @@ def test_line_input_yields_the_short_lines_in_order_however_they_are_chunked(
         assert at_end == [final]  # as it is: no newline added
     else:
         assert at_end == []
-        too_long += bool(final)
+        too_long += [final] if final else []
     assert line_input.at_eof
-    assert line_input.too_long == too_long
+    # each dropped line leaves its head: at least what the limit let in
+    assert len(line_input.dropped) == len(too_long)
+    for head, line in zip(line_input.dropped, too_long, strict=True):
+        assert line.startswith(head)
+        assert len(head) >= min(LIMIT, DROPPED_HEAD_BYTES)
 
 
 def test_line_input_boundary_of_the_limit(pipe: Pipe) -> None:
@@ -161,10 +165,10 @@ def test_line_input_boundary_of_the_limit(pipe: Pipe) -> None:
     for data in (fits, over):  # one line a read: the fast path
         os.write(write_fd, data)
         assert line_input.read() == ([fits] if data is fits else [])
-    assert line_input.too_long == 1
+    assert len(line_input.dropped) == 1
     os.write(write_fd, over + fits + over + fits)  # several lines a read
     assert line_input.read() == [fits, fits]
-    assert line_input.too_long == 3
+    assert len(line_input.dropped) == 3
 
 
 @pytest.mark.parametrize("pieces", [1, 3])
@@ -182,7 +186,7 @@ def test_line_input_last_line_at_eof_boundary(pieces: int) -> None:
             os.close(write_fd)
             write_fd = -1
             assert read_to_eof(line_input) == expected
-            assert line_input.too_long == (0 if expected else 1)
+            assert len(line_input.dropped) == (0 if expected else 1)
         finally:
             os.close(read_fd)
             if write_fd >= 0:
@@ -198,8 +202,8 @@ def test_line_input_long_line_in_small_pieces_is_dropped_once(pipe: Pipe) -> Non
     for piece in pieces:
         os.write(write_fd, piece)
         assert line_input.read() == []
-        assert line_input.too_long <= 1
-    assert line_input.too_long == 1  # known too long before its end arrives
+        assert len(line_input.dropped) <= 1
+    assert len(line_input.dropped) == 1  # known too long before its end arrives
     # its end, with the start of the next line in the same read
     os.write(write_fd, b"tail\nnext-")
     assert line_input.read() == []
@@ -207,10 +211,24 @@ def test_line_input_long_line_in_small_pieces_is_dropped_once(pipe: Pipe) -> Non
     assert line_input.read() == [b"next-line\n"]
     os.write(write_fd, b"another\n")
     assert line_input.read() == [b"another\n"]
-    assert line_input.too_long == 1
+    assert len(line_input.dropped) == 1
     pipe.close(write_fd)
     assert read_to_eof(line_input) == []
-    assert line_input.too_long == 1
+    assert len(line_input.dropped) == 1
+
+
+@pytest.mark.parametrize("piece", [3000, 10_000, 27_001])
+def test_line_input_keeps_the_first_bytes_of_a_dropped_line(pipe: Pipe, piece: int) -> None:
+    """Enough of a line over the limit to find the id and method of the request it starts;
+    no more, however long the line and however it arrives (27,001 bytes: in one read)."""
+    line_input = LineInput(pipe.read_fd, 10_000)
+    long_line = bytes(range(33, 123)) * 300 + b"\n"  # 27,001 bytes; a pipe holds 64 KiB
+    for start in range(0, len(long_line), piece):
+        os.write(pipe.write_fd, long_line[start : start + piece])
+        assert read_available(line_input) == []
+    os.write(pipe.write_fd, b"ok\n")
+    assert read_available(line_input) == [b"ok\n"]
+    assert line_input.dropped == [long_line[:DROPPED_HEAD_BYTES]]
 
 
 def test_line_input_too_long_last_line_at_eof_is_not_returned(pipe: Pipe) -> None:
@@ -220,7 +238,7 @@ def test_line_input_too_long_last_line_at_eof_is_not_returned(pipe: Pipe) -> Non
     assert line_input.read() == [b"ok\n"]
     pipe.close(write_fd)
     assert read_to_eof(line_input) == []
-    assert line_input.too_long == 1
+    assert len(line_input.dropped) == 1
 
 
 # -- LineOutput ------------------------------------------------------------------------------
@@ -529,19 +547,25 @@ def test_unparseable_lines_are_malformed_input_and_output(books: Books) -> None:
 def test_batch_request_sizes_are_shared_by_its_members(books: Books) -> None:
     members = [
         {"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
-        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echo"}},
+        {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "echoes"}},
         {"jsonrpc": "2.0", "id": 3, "method": "ping"},
     ]
     batch = jline(members)
+    assert len(batch) % 3 == 2, "two bytes left over from the division"
     share = len(batch) // 3
     books.record(FROM_CLIENT, batch, 1.0, 1.0)
-    for method in ("tools/list", "tools/call", "ping"):
-        assert books.observed(REQUEST_SIZE, method=method) == [share]
+    # The left-over bytes go one each to the first members: the sizes add up to the line.
+    for method, size in (("tools/list", share + 1), ("tools/call", share + 1), ("ping", share)):
+        assert books.observed(REQUEST_SIZE, method=method) == [size]
+    assert sum(books.observed(REQUEST_SIZE)) == len(batch)
     answers = jline([{"jsonrpc": "2.0", "id": i, "result": {}} for i in (3, 1, 2)])
+    share = len(answers) // 3
+    assert len(answers) % 3 == 2
     books.record(FROM_SERVER, answers, 2.0, 2.0)
-    for method in ("tools/list", "tools/call", "ping"):
+    for method, size in (("ping", share + 1), ("tools/list", share + 1), ("tools/call", share)):
         assert books.requests(method, "ok") == 1
-        assert books.observed(RESPONSE_SIZE, method=method) == [len(answers) // 3]
+        assert books.observed(RESPONSE_SIZE, method=method) == [size]
+    assert sum(books.observed(RESPONSE_SIZE)) == len(answers)
     assert books.answered == 3
     assert books.count(UPSTREAM_ERRORS) == 0
 

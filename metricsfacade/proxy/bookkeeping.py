@@ -90,6 +90,12 @@ class Bookkeeping:
         tracker = self._metrics.start_request(message.method or "", TRANSPORT, started_at=read_at)
         tracker.finish(ERROR)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting for an answer: the client's for the server and the server's
+        for the client (a plain read: safe from another thread)."""
+        return len(self._pending) + len(self._server_requests)
+
     def next_deadline(self) -> float | None:
         """When the oldest request waiting for an answer expires (None: none waits).
         Requests come in order and share one timeout, so the first is the oldest."""
@@ -151,8 +157,7 @@ class Bookkeeping:
         if messages is None:
             metrics.upstream_error(self._name, "malformed_input")
             return
-        size = _share(line, messages)
-        for message in messages:
+        for message, size in zip(messages, _shares(line, messages), strict=True):
             if message.kind == "request":
                 tracker = metrics.start_request(
                     message.method or "", TRANSPORT, upstream=self._name, started_at=read_at
@@ -193,8 +198,7 @@ class Bookkeeping:
         if messages is None:
             metrics.upstream_error(self._name, "malformed_output")
             return
-        size = _share(line, messages)
-        for message in messages:
+        for message, size in zip(messages, _shares(line, messages), strict=True):
             if message.kind == "response":
                 pending = self._pending.pop(message.id, None)
                 if pending is None:
@@ -239,6 +243,8 @@ class Bookkeeping:
             late.add(key)
 
 
-def _share(line: bytes, messages: list[Message]) -> int:
-    """Each message's size: a batch's bytes shared evenly among its messages."""
-    return len(line) // len(messages) if messages else len(line)
+def _shares(line: bytes, messages: list[Message]) -> list[int]:
+    """Each message's size: a batch's bytes shared evenly among its messages, the bytes
+    left over from the division one each to the first, so the sizes add up to the line."""
+    share, left_over = divmod(len(line), len(messages) or 1)
+    return [share + 1] * left_over + [share] * (len(messages) - left_over)

@@ -25,6 +25,8 @@ import logging
 import math
 import os
 import select
+import shlex
+import signal
 from collections import deque
 from collections.abc import Sequence
 from time import perf_counter
@@ -52,8 +54,18 @@ from metricsfacade.shadowcat import ShadowcatMetrics
 logger = logging.getLogger("metricsfacade.proxy")
 REPLAY_ID = "metricsfacade-replay"
 MAX_RESTART_BACKOFF_SECS = 5.0
-#: How long the server gets to finish and exit once the client has hung up.
+#: How long the server gets to answer what it has and exit once the client has hung up ...
 SHUTDOWN_GRACE_SECS = 2.0
+#: ... or, at most, from a stop signal: MCP clients send SIGKILL 2 s after SIGTERM, and the
+#: whole shutdown (this, the server's SIGTERM, the last answers, the tape) must fit before.
+SIGNAL_GRACE_SECS = 1.0
+#: A server whose output ended gets this long to exit before it is sent SIGTERM.
+EXIT_WAIT_SECS = 1.0
+#: How long the client gets to read the proxy's last answers (after a signal, at most).
+DRAIN_SECS, SIGNAL_DRAIN_SECS = 2.0, 0.25
+#: Exit statuses of ``run()`` besides 0 and the server's own (documented in ``proxy --help``).
+CANNOT_START = 127
+SIGNALLED_BASE = 128
 #: Relayed messages waiting to be recorded beyond this are relayed but not recorded.
 MAX_UNRECORDED = 100_000
 #: Recording waits for a pause this long in the traffic, so that it never holds up a line
@@ -91,6 +103,7 @@ class StdioProxy:
         self._from_server: LineInput | None = None
         self._to_server: LineOutput | None = None
         self._wake_read, self._wake_write = os.pipe()  # how stop() interrupts poll()
+        os.set_blocking(self._wake_write, False)  # a signal handler must never wait on it
         self._queue: deque[list[Any]] = deque()  # relayed, not yet recorded
         self._idle = False  # the last poll found nothing to do
         self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
@@ -117,7 +130,10 @@ class StdioProxy:
         self._restart_at: float | None = None
         self._restart_delay = settings.restart_backoff_secs
         self._stop_requested = False
-        self._stopping_since: float | None = None  # the client hung up, or stop() was called
+        self._signal: int | None = None  # the first stop signal received
+        self._closed = False  # run() has returned: stop() does nothing
+        # When the server's grace ends: the client hung up, or stop() was called.
+        self._grace_until: float | None = None
         self._exit_code = 0
 
     @property
@@ -125,21 +141,44 @@ class StdioProxy:
         """The server is running and initialized (what /ready reports)."""
         return self._server_up and self._initialized
 
+    @property
+    def in_flight(self) -> int:
+        """Requests waiting for an answer, both ways: the proxy's concurrent units of work."""
+        return self._books.in_flight
+
     def run(self) -> int:
-        """Relay until the client closes its side (or the server exits, without restart);
-        returns the exit status for the proxy process."""
+        """Relay until the client closes its side (or the server exits, without restart, or
+        cannot start); returns the exit status for the proxy process."""
         try:
-            self._start_server()
-            self._relay()
+            if self._start_server():
+                self._relay()
+            elif self._settings.restart:  # retried with backoff, as after a crash
+                self._schedule_restart(perf_counter())
+                self._relay()
+            else:
+                self._exit_code = CANNOT_START
         finally:
             self._shutdown()
-        return self._exit_code
+        return self._status()
 
-    def stop(self) -> None:
-        """End ``run()`` (as a closed stdin would); callable from any thread."""
+    def stop(self, signum: int | None = None) -> None:
+        """End ``run()`` (as a closed stdin would); callable from any thread and from a
+        signal handler. With ``signum`` (a stop signal), the server gets at most
+        ``SIGNAL_GRACE_SECS`` and ``run()`` returns 128 + ``signum``."""
+        if self._closed:
+            return  # the wake pipe is closed; its descriptor may be someone else's now
+        if self._signal is None:
+            self._signal = signum
         self._stop_requested = True
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError):  # full (many signals): it is awake anyway
             os.write(self._wake_write, b"x")
+
+    def _status(self) -> int:
+        """What ended the proxy, first come: the server (its exit status, or it could not
+        start), a signal (128 + its number); else 0, the client hung up."""
+        if self._exit_code:
+            return self._exit_code
+        return SIGNALLED_BASE + self._signal if self._signal is not None else 0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -172,7 +211,7 @@ class StdioProxy:
         """What to wait for: input unless its destination is backed up, output if pending."""
         wanted = {self._wake_read: IN}
         to_server, to_client = self._to_server, self._to_client
-        reading_client = self._stopping_since is None and not self._from_client.at_eof
+        reading_client = self._grace_until is None and not self._from_client.at_eof
         if reading_client and (to_server is None or to_server.pending < HIGH_WATER_BYTES):
             wanted[self._from_client.fd] = IN
         if self._from_server is not None and to_client.pending < HIGH_WATER_BYTES:
@@ -194,8 +233,8 @@ class StdioProxy:
         deadlines = [] if request_deadline is None else [request_deadline]
         if self._restart_at is not None:
             deadlines.append(self._restart_at)
-        if self._stopping_since is not None:
-            deadlines.append(self._stopping_since + SHUTDOWN_GRACE_SECS)
+        if self._grace_until is not None:
+            deadlines.append(self._grace_until)
         if not deadlines:
             return None
         return max(0, math.ceil((min(deadlines) - perf_counter()) * 1000))
@@ -205,7 +244,8 @@ class StdioProxy:
         if fd == self._wake_read:
             os.read(self._wake_read, 64)
             if self._stop_requested:
-                self._begin_stopping()
+                self._stop_requested = False
+                self._on_stop()
             return 0
         if fd == self._from_client.fd:
             return self._read_client()
@@ -218,7 +258,7 @@ class StdioProxy:
         return 0
 
     def _finished(self) -> bool:
-        return self._stopping_since is not None and self._from_server is None
+        return self._grace_until is not None and self._from_server is None
 
     def _on_timers(self, now: float) -> None:
         deadline = self._books.next_deadline()
@@ -229,17 +269,30 @@ class StdioProxy:
                 self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
         if self._restart_at is not None and now >= self._restart_at:
             self._restart(now)
-        if self._stopping_since is not None:
+        if self._grace_until is not None:
             if self._to_server is not None and not self._to_server.pending:
                 self._to_server.release()  # all it was sent is written: it may exit
                 self._to_server = None
                 self._upstream.close_stdin()
-            if now >= self._stopping_since + SHUTDOWN_GRACE_SECS:
-                self._server_gone(now)
+            if now >= self._grace_until:
+                self._server_gone(now, wait_secs=0.0)  # its grace is over: SIGTERM
 
-    def _begin_stopping(self) -> None:
-        if self._stopping_since is None:
-            self._stopping_since = perf_counter()
+    def _on_stop(self) -> None:
+        if self._signal is None:
+            self._begin_stopping()
+            return
+        logger.info(
+            "metricsfacade proxy: %s: answering the requests in flight, then stopping the server",
+            signal.Signals(self._signal).name,
+        )
+        self._begin_stopping(SIGNAL_GRACE_SECS)
+
+    def _begin_stopping(self, grace_secs: float = SHUTDOWN_GRACE_SECS) -> None:
+        """Stop taking requests; the server has ``grace_secs`` to answer and exit (a
+        later, shorter grace, such as a signal's, cuts it short)."""
+        until = perf_counter() + grace_secs
+        if self._grace_until is None or until < self._grace_until:
+            self._grace_until = until
 
     # -- client -> server ---------------------------------------------------------------
 
@@ -249,13 +302,23 @@ class StdioProxy:
         read_at = perf_counter()
         for line in lines:
             self._relay_client_line(line, read_at)
-        for _ in range(source.too_long):
-            self._reply(error_response(None, jsonrpc.INVALID_REQUEST, "message too long"))
-            self._metrics.upstream_error(self._name, "input_too_long")
-        source.too_long = 0
+        for head in source.dropped:
+            self._too_long(head, read_at)
+        source.dropped.clear()
         if source.at_eof:
             self._begin_stopping()  # the client closed stdin: the session is over
         return len(lines)
+
+    def _too_long(self, head: bytes, read_at: float) -> None:
+        """A line over ``max_line_bytes``, dropped: answered with the id of the request it
+        starts with when its first bytes give the id and method (else with a null id), and
+        counted under its method as well."""
+        self._metrics.upstream_error(self._name, "input_too_long")
+        message = jsonrpc.head_message(head)
+        key = message.id if message.kind == "request" else None
+        self._reply(error_response(key, jsonrpc.INVALID_REQUEST, "message too long"))
+        if message.method is not None:
+            self._books.record_refused(message, read_at)
 
     def _relay_client_line(self, line: bytes, read_at: float) -> None:
         checked = self._limiter is not None or not self._available() or not self._initialized_note
@@ -328,11 +391,11 @@ class StdioProxy:
         read_at = perf_counter()
         for line in lines:
             self._relay_server_line(line, read_at)
-        for _ in range(source.too_long):
+        for _ in source.dropped:
             self._metrics.upstream_error(self._name, "output_too_long")
-        source.too_long = 0
+        source.dropped.clear()
         if source.at_eof:
-            self._server_gone(read_at)
+            self._server_gone(read_at, EXIT_WAIT_SECS)
         return len(lines)
 
     def _relay_server_line(self, line: bytes, read_at: float) -> None:
@@ -411,7 +474,13 @@ class StdioProxy:
         try:
             stdin_fd, stdout_fd = self._upstream.spawn()
         except OSError as exc:
-            logger.error("metricsfacade proxy: cannot start %s: %s", self._upstream.command, exc)
+            retry = "retrying with backoff" if self._settings.restart else "exiting"
+            logger.error(
+                "metricsfacade proxy: cannot start the server (%s): %s; %s",
+                shlex.join(self._upstream.command),
+                exc,
+                retry,
+            )
             self._metrics.upstream_error(self._name, "spawn_failed")
             self._breaker.failure()
             return False
@@ -420,16 +489,17 @@ class StdioProxy:
         self._server_up = True
         return True
 
-    def _server_gone(self, now: float) -> None:
-        """The server's output ended (or it outstayed the shutdown grace): reap it."""
+    def _server_gone(self, now: float, wait_secs: float) -> None:
+        """The server's output ended (or it outstayed the shutdown grace): reap it, giving
+        it ``wait_secs`` to exit before SIGTERM, then SIGKILL."""
         if self._from_server is None:
             return
         if self._to_server is not None:
             self._to_server.release()  # lines it never read count as sent; they fail below
         self._from_server = self._to_server = None
         self._server_up = self._initialized = self._replaying = False
-        stopping = self._stopping_since is not None
-        code = self._upstream.stop(grace_secs=1.0)
+        stopping = self._grace_until is not None
+        code = self._upstream.stop(wait_secs)
         if stopping:
             return
         logger.warning("metricsfacade proxy: the server exited with status %s", code)
@@ -452,7 +522,7 @@ class StdioProxy:
         self._restart_at = now + max(self._restart_delay, self._breaker.seconds_until_trial())
 
     def _restart(self, now: float) -> None:
-        if self._stopping_since is not None:
+        if self._grace_until is not None:
             self._restart_at = None
         elif not self._breaker.allows_attempt():
             self._schedule_restart(now)
@@ -484,17 +554,18 @@ class StdioProxy:
     def _shutdown(self) -> None:
         """Reap the server, record what was relayed, answer what is left, close up."""
         self._begin_stopping()
-        self._server_gone(perf_counter())
+        self._server_gone(perf_counter(), wait_secs=0.0)
         self._record_all()
         self._fail_pending("the proxy is shutting down")
         self._record_all()
-        self._drain_client_output()
-        if self._exit_code:  # the server exited for good: so does the client's input
+        self._drain_client_output(DRAIN_SECS if self._signal is None else SIGNAL_DRAIN_SECS)
+        if self._exit_code:  # the server is gone for good: so is the client's input
             with contextlib.suppress(OSError):
                 self._client_out_stream.close()
         self._books.close()
         if self._tape is not None:
             self._tape.close()
+        self._closed = True  # before the descriptors go: see stop()
         for fd in (self._wake_read, self._wake_write):
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -506,10 +577,10 @@ class StdioProxy:
             entry[RELAYED_AT] = entry[RELAYED_AT] or now  # never written: the reader left
             self._record_entry(entry)
 
-    def _drain_client_output(self) -> None:
-        """Give a client still reading the last answers, for a moment at most."""
+    def _drain_client_output(self, secs: float) -> None:
+        """Give a client still reading the last answers, for ``secs`` at most."""
         output = self._to_client
-        deadline = perf_counter() + SHUTDOWN_GRACE_SECS
+        deadline = perf_counter() + secs
         poller = select.poll()
         poller.register(output.fd, OUT)
         while output.pending and not output.broken:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 try:  # several times faster than json on the proxy's hot path; optional
@@ -57,6 +59,53 @@ def _classify(item: object) -> Message:
     if "id" in item and ("result" in item or "error" in item):
         return Message("response", _key(item["id"]), None, "error" in item)
     return INVALID
+
+
+def head_message(head: bytes) -> Message:
+    """What the first bytes of a line too long to parse say: a request with its id and
+    method when both are among the top-level members before the cut, else an "invalid"
+    message with the method if it was seen. A response's id is never taken for a
+    request's: an answer to it would reach the client as the answer to its own request."""
+    members: dict[str, Any] = {}
+    for key, value in _leading_members(head.decode("utf-8", "replace")):
+        members.setdefault(key, value)
+    method = members.get("method")
+    method = method if isinstance(method, str) else None
+    if method is not None and "id" in members:
+        return Message("request", _key(members["id"]), method)
+    return Message("invalid", None, method)
+
+
+_BLANKS = re.compile(r"[ \t\n\r]*")
+_DECODER = json.JSONDecoder()
+
+
+def _leading_members(text: str) -> Iterator[tuple[str, Any]]:
+    """The top-level members of the JSON object ``text`` starts with, in order, up to the
+    first one that is cut off (a value must be followed by "," or "}": a number at the
+    cut may be missing digits)."""
+    at = _BLANKS.match(text).end()  # type: ignore[union-attr]  # always matches
+    if not text.startswith("{", at):
+        return
+    at += 1
+    while True:
+        try:
+            key, at = _DECODER.raw_decode(text, _skip(text, at))
+            at = _skip(text, at)
+            if not isinstance(key, str) or not text.startswith(":", at):
+                return
+            value, at = _DECODER.raw_decode(text, _skip(text, at + 1))
+        except ValueError:
+            return
+        at = _skip(text, at)
+        if not text.startswith((",", "}"), at):
+            return
+        yield key, value
+        at += 1
+
+
+def _skip(text: str, at: int) -> int:
+    return _BLANKS.match(text, at).end()  # type: ignore[union-attr]  # always matches
 
 
 class _JsonId(str):

@@ -21,6 +21,8 @@ from typing import Any
 READ_CHUNK = 64 * 1024
 #: Stop reading a side whose peer has this much of our output still to take (back-pressure).
 HIGH_WATER_BYTES = 1024 * 1024
+#: What is kept of a line dropped for its length: enough for the id and method of a request.
+DROPPED_HEAD_BYTES = 4096
 #: Index of the "relayed at" time in a relay entry (see ``metricsfacade.proxy.core``).
 RELAYED_AT = 3
 
@@ -45,8 +47,9 @@ class LineInput:
         self._parts: list[bytes] = []  # the start of a line still arriving
         self._partial_bytes = 0
         self._skipping = False  # the rest of a line over the limit is still arriving
-        #: lines over the limit dropped since the owner last reset this
-        self.too_long = 0
+        #: the first ``DROPPED_HEAD_BYTES`` of each line dropped for its length since the
+        #: owner last cleared this
+        self.dropped: list[bytes] = []
         self.at_eof = False
 
     def read(self) -> list[bytes]:
@@ -65,7 +68,7 @@ class LineInput:
             return [rest] if rest and not self._skipping else []
         newline = data.find(b"\n")
         if newline == len(data) - 1 and not self._parts and not self._skipping:
-            return [data] if len(data) <= self._limit else self._dropped()  # the usual case
+            return [data] if len(data) <= self._limit else self._dropped(data)  # the usual case
         if newline < 0:
             self._keep(data)
             return []
@@ -85,7 +88,7 @@ class LineInput:
 
     def _add(self, lines: list[bytes], piece: bytes) -> None:
         if len(piece) + 1 > self._limit:
-            self.too_long += 1
+            self.dropped.append(piece[:DROPPED_HEAD_BYTES])
         else:
             lines.append(piece + b"\n")
 
@@ -96,13 +99,13 @@ class LineInput:
         self._parts.append(data)
         self._partial_bytes += len(data)
         if self._partial_bytes >= self._limit:
+            self.dropped.append(b"".join(self._parts)[:DROPPED_HEAD_BYTES])
             self._parts.clear()
             self._partial_bytes = 0
             self._skipping = True
-            self.too_long += 1
 
-    def _dropped(self) -> list[bytes]:
-        self.too_long += 1
+    def _dropped(self, line: bytes) -> list[bytes]:
+        self.dropped.append(line[:DROPPED_HEAD_BYTES])
         return []
 
 

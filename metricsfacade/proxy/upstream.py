@@ -3,8 +3,42 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import subprocess
 from collections.abc import Sequence
+
+logger = logging.getLogger("metricsfacade.proxy")
+#: How long a server gets to exit after SIGTERM before SIGKILL (short: by then it has had
+#: its end of input and its grace, and a signalled proxy must be gone within 2 s).
+TERMINATE_WAIT_SECS = 0.5
+#: How long reaping waits after SIGKILL (only a process stuck in the kernel outlasts it).
+KILL_WAIT_SECS = 5.0
+
+
+def _reap(process: subprocess.Popen[bytes], wait_secs: float) -> int | None:
+    """Each step bounded: a server is never left behind, nor waited for forever."""
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return process.wait(wait_secs)
+    logger.warning(
+        "metricsfacade proxy: the server (pid %d) is still running %.1f s after its input "
+        "ended: sending SIGTERM",
+        process.pid,
+        wait_secs,
+    )
+    process.terminate()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        return process.wait(TERMINATE_WAIT_SECS)
+    logger.warning(
+        "metricsfacade proxy: the server (pid %d) ignored SIGTERM for %.1f s: sending SIGKILL",
+        process.pid,
+        TERMINATE_WAIT_SECS,
+    )
+    process.kill()
+    try:
+        return process.wait(KILL_WAIT_SECS)
+    except subprocess.TimeoutExpired:  # stuck in the kernel: nothing more can be done
+        logger.error("metricsfacade proxy: the server (pid %d) survived SIGKILL", process.pid)
+        return None
 
 
 class Upstream:
@@ -32,29 +66,18 @@ class Upstream:
             with contextlib.suppress(OSError):
                 self._process.stdin.close()
 
-    def stop(self, grace_secs: float = 2.0) -> int | None:
-        """Close its stdin, wait, then terminate, then kill; closes its pipes. Returns its
-        exit status (None when no server ran)."""
+    def stop(self, wait_secs: float) -> int | None:
+        """Close its stdin and give it ``wait_secs`` to exit, then SIGTERM and
+        ``TERMINATE_WAIT_SECS``, then SIGKILL; closes its pipes. Returns its exit status
+        (None when no server ran, or none could be had)."""
         process = self._process
         if process is None:
             return None
         self.close_stdin()
         try:
-            return self._reap(process, grace_secs)
+            return _reap(process, wait_secs)
         finally:
             self._close_pipes()
-
-    @staticmethod
-    def _reap(process: subprocess.Popen[bytes], grace_secs: float) -> int:
-        try:
-            return process.wait(grace_secs)
-        except subprocess.TimeoutExpired:
-            process.terminate()
-        try:
-            return process.wait(grace_secs)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            return process.wait()
 
     def _close_pipes(self) -> None:
         process = self._process
