@@ -402,7 +402,13 @@ class MetricsConfig:
     backends: tuple[str, ...] = _setting(("prometheus",), _str_list, _comma_list)
     common_labels: dict[str, str] = _setting(attrs.Factory(dict), _labels, _labels_env)  # noqa: RUF009
     strict: bool = _setting(False, _bool, _bool_env)
+    handle_sigterm: bool = _setting(True, _bool, _bool_env)
     readiness_timeout_secs: float = _setting(2.0, _positive_float, _positive_float_env)
+    #: histogram observations kept per series between two push flushes; past it, a uniform
+    #: sample of this size is sent with |@rate so the agent still counts every observation
+    max_samples_per_flush: int = _setting(
+        1000, lambda v: _int(v, 1, 1_000_000), lambda v: _int(_int_text(v), 1, 1_000_000)
+    )
     tls_cert: str | None = _setting(None, _optional_str)
     tls_key: str | None = _setting(None, _optional_str)
     auth_username: str | None = _setting(None, _optional_str)

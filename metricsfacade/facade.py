@@ -1,8 +1,9 @@
-"""``Metrics``: declares metrics, binds them to the configured backends, guards the record path.
+"""``Metrics``: declares metrics, binds them to the series store, guards the record path.
 
-One facade owns its metric handles, its backends, the cardinality budget and the HTTP
-endpoint. Handles outlive configuration: metrics declared before ``configure()`` (at module
-level, as libraries do) are bound when it runs, and re-bound if it runs again.
+One facade owns its metric handles, its series store, its backends, the cardinality budget
+and the HTTP endpoint. Handles outlive configuration: metrics declared before ``configure()``
+(at module level, as libraries do) are bound when it runs, and re-bound if it runs again. The
+store outlives configuration too, so a re-configure keeps every value recorded so far.
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
+from metricsfacade import shutdown
 from metricsfacade.backends import create_backends
-from metricsfacade.backends.base import Backend, RecordFn, ValueOutOfRange
+from metricsfacade.backends.base import Backend, PushBackend
+from metricsfacade.backends.flusher import PushFlusher
 from metricsfacade.config import ConfigSource, CustomMetric, MetricsConfig, load_config
 from metricsfacade.endpoint import Endpoint
 from metricsfacade.errors import DeclarationError, RecordError
@@ -30,17 +33,21 @@ from metricsfacade.handles import (
     Histogram,
     HistogramChild,
     MetricHandle,
+    RecordFn,
     Timer,
     _noop,
 )
 from metricsfacade.readiness import ReadinessCheck, ReadinessChecks
 from metricsfacade.spec import DEFAULT_BUCKETS, Kind, MetricSpec, make_spec
+from metricsfacade.store import SeriesStore
 
 logger = logging.getLogger("metricsfacade")
 
 #: The label value every label takes in a metric's overflow series.
 OVERFLOW_LABEL_VALUE = "__overflow__"
 DEFAULT_CARDINALITY_LIMIT = 10_000
+#: How long close() may spend sending what push backends have left (plus one send's timeout).
+CLOSE_TIMEOUT_SECS = 5.0
 
 H = TypeVar("H", bound=MetricHandle[Any])
 
@@ -58,6 +65,8 @@ class Metrics:
         self._handles: dict[str, MetricHandle[Any]] = {}
         self._config: MetricsConfig | None = None
         self._backends: tuple[Backend, ...] = ()
+        self._store = SeriesStore()
+        self._flusher: PushFlusher | None = None
         self._endpoint: Endpoint | None = None
         self._readiness = ReadinessChecks()
         self._series_count = 0
@@ -92,12 +101,12 @@ class Metrics:
     ) -> Metrics:
         """(Re)configure from a dict, a MetricsConfig, a TOML path, or defaults plus env.
 
-        Builds the new backends, closes the previous ones and the endpoint, then binds every
-        declared metric to the new backends. Raises ConfigError or MissingExtraError (the old
-        setup keeps running), or EndpointError (the facade is left unconfigured).
+        Builds the new backends, sends what the previous push backends have left and closes
+        them, then binds every declared metric to the new setup. Values recorded so far are
+        kept. Raises ConfigError or MissingExtraError (the old setup keeps running), or
+        EndpointError (the facade is left unconfigured).
         """
         config = load_config(source, environ=environ)
-        failure: BaseException | None = None
         with self._lock:
             for handle in self._handles.values():
                 _check_common_labels(handle.spec, config)
@@ -105,28 +114,26 @@ class Metrics:
                 self._declare_custom(custom, config)
             # Built before the old ones close, so a failure here leaves the old setup serving.
             backends = tuple(create_backends(config)) if config.enabled else ()
-            retired = self._detach()
+            retired, retired_flusher = self._detach()
             self._config = config
             self._backends = backends
             self._strict = config.strict
             self._limit = config.cardinality_limit
-            self._rebind_all()
-            for backend in backends:
-                backend.set_drop_reporter(self._drop_reporter(backend))
-                backend.set_collect_hook(self._run_collect_hooks)
+            self._attach(backends, config)
+        _retire(retired, retired_flusher)
+        pushing = [backend for backend in backends if isinstance(backend, PushBackend)]
+        with self._lock:
+            if pushing and self._config is config:
+                self._flusher = PushFlusher(self._store, pushing, fresh=retired_flusher is None)
             if config.enabled and config.port is not None:
                 try:
                     self._endpoint = self._start_endpoint(config)
-                except BaseException as exc:
-                    retired += self._detach()
-                    self._config = None
-                    self._rebind_all()
-                    failure = exc
-        _close_backends(retired)
-        if failure is not None:
-            raise failure
+                except BaseException:
+                    self._unconfigure()
+                    raise
         self._restart_services()
         self._register_exit_hook()
+        shutdown.watch(self)
         return self
 
     @property
@@ -180,24 +187,29 @@ class Metrics:
         """Call ``hook`` just before every Prometheus scrape, so pulled values are fresh."""
         self._collect_hooks.append(hook)
 
+    def swap_store(self, store: SeriesStore) -> SeriesStore:
+        """Record into ``store`` from now on and return the previous one (for test helpers
+        such as MetricsMock, which isolate a test's values). Push backends are flushed
+        first, so nothing recorded before the swap is lost."""
+        self.flush()
+        with self._lock:
+            previous, self._store = self._store, store
+            self._attach(self._backends, self._config or MetricsConfig())
+            if self._flusher is not None:
+                self._flusher.use_store(store)
+        return previous
+
     def flush(self) -> None:
-        """Send what push backends have buffered."""
-        for backend in self._backends:
-            try:
-                backend.flush()
-            except Exception:
-                logger.exception("metricsfacade: flushing the %s backend failed", backend.name)
+        """Send to the push backends what changed since their previous flush, now."""
+        flusher = self._flusher
+        if flusher is not None:
+            flusher.flush()
 
     def close(self) -> None:
-        """Flush and close the backends and stop the endpoint. Recording becomes a no-op."""
+        """Send what push backends have left, close the backends and stop the endpoint.
+        Recording becomes a no-op; the values recorded stay for the next ``configure()``."""
         self._stop_services()
-        with self._lock:
-            retired = self._detach()
-            self._config = None
-        _close_backends(retired)  # still wired: what they drop while closing gets counted
-        with self._lock:
-            if self._config is None:
-                self._rebind_all()
+        self._unconfigure()
 
     def __enter__(self) -> Metrics:
         return self
@@ -287,72 +299,28 @@ class Metrics:
             buckets = config.default_buckets if config is not None else DEFAULT_BUCKETS
             spec = attrs.evolve(spec, buckets=buckets)
         handle.bound_spec = spec
-        for backend in self._backends:
-            try:
-                backend.declare(spec)
-            except Exception as exc:
-                self._backend_failed(handle, backend.name, exc)
+        if self._backends:
+            self._store.declare(spec)
         for child in handle.series.values():
             self._wire(handle, child)
         if handle._overflow is not None:
             self._wire(handle, handle._overflow, self._overflow_counter(handle))
 
     def _wire(self, handle: MetricHandle[Any], child: Child, extra: RecordFn | None = None) -> None:
-        """Point a child's record functions at its series in every backend."""
-        values = child.label_values
-        child.__class__ = child.live_type if (self._backends or extra) else child.idle_type
+        """Point a child's record functions at its cell in the store, or at nothing while
+        no backend is configured."""
+        if not self._backends:
+            for attribute in _record_attributes(type(child)):
+                setattr(child, attribute, _noop)
+            return
+        cell: Any = self._store.cell(handle.spec.key, child.label_values)
         if isinstance(child, CounterChild):
-            child._inc = self._combine(handle, self._series_ops(handle, "counter", values), extra)
+            child._inc = _also(cell.inc, extra)
         elif isinstance(child, GaugeChild):
-            ops = self._series_ops(handle, "gauge", values)
-            child._set = self._combine(handle, [(name, op.set) for name, op in ops], extra)
-            child._add = self._combine(handle, [(name, op.add) for name, op in ops], extra)
+            child._set = _also(cell.set, extra)
+            child._add = _also(cell.add, extra)
         elif isinstance(child, HistogramChild):
-            child._observe = self._combine(
-                handle, self._series_ops(handle, "histogram", values), extra
-            )
-
-    def _series_ops(
-        self, handle: MetricHandle[Any], factory: str, values: tuple[str, ...]
-    ) -> list[tuple[str, Any]]:
-        # A backend's own delivery failures are counted by the others only: sent to the
-        # failing backend, each report would itself be dropped and counted, without end.
-        own_failures = values[0] if handle is self._undelivered else None
-        ops = []
-        for backend in self._backends:
-            if backend.name == own_failures:
-                continue
-            try:
-                ops.append((backend.name, getattr(backend, factory)(handle.bound_spec, values)))
-            except Exception as exc:
-                self._backend_failed(handle, backend.name, exc)
-        return ops
-
-    def _combine(
-        self,
-        handle: MetricHandle[Any],
-        ops: list[tuple[str, RecordFn]],
-        extra: RecordFn | None,
-    ) -> RecordFn:
-        """One record function for a series: the backend's own when there is just one."""
-        if extra is not None:
-            ops = [*ops, ("metricsfacade", extra)]
-        if not ops:
-            return _noop
-        if len(ops) == 1:
-            return ops[0][1]
-        backend_failed = self._backend_failed
-
-        def fan_out(value: float) -> None:
-            for backend_name, op in ops:
-                try:
-                    op(value)
-                except ValueOutOfRange as exc:
-                    self._reject(handle, "out_of_range", f"{backend_name}: {exc}")
-                except Exception as exc:  # one backend's failure never reaches the others
-                    backend_failed(handle, backend_name, exc)
-
-        return fan_out
+            child._observe = _also(cell.observe, extra)
 
     # -- the slow path of labels() ---------------------------------------------------------
 
@@ -485,11 +453,11 @@ class Metrics:
         self._report_once(metric, reason, f"dropped a recording of {metric!r}: {detail}")
 
     def _record_failed(self, handle: MetricHandle[Any], exc: Exception, value: object) -> None:
-        """The record function of a single backend raised (fan-outs report their own)."""
-        if isinstance(exc, ValueOutOfRange):
+        """Recording raised: a value that is not a number, or a fault in the store."""
+        if isinstance(exc, OverflowError):
             self._reject(handle, "out_of_range", str(exc))
         elif isinstance(value, (int, float)):
-            self._backend_failed(handle, self._backends[0].name if self._backends else "a", exc)
+            self._backend_failed(handle, "store", exc)
         else:
             self._reject(handle, "invalid_value", f"value {value!r} is not a number")
 
@@ -559,15 +527,40 @@ class Metrics:
             except Exception:
                 logger.exception("metricsfacade: stopping %r failed", service)
 
-    def _detach(self) -> tuple[Backend, ...]:
-        """Stop the endpoint and take the backends out; return them for the caller to close
-        once it has released the lock (a closing backend may still report drops, which
-        records a metric). Handles stay wired until the caller binds them again."""
+    def _attach(self, backends: tuple[Backend, ...], config: MetricsConfig) -> None:
+        """Point the backends at the store, and every declared metric at its cells."""
+        pushing = any(isinstance(backend, PushBackend) for backend in backends)
+        self._store.configure(
+            keep_values=any(backend.keeps_values for backend in backends),
+            sample_limit=config.max_samples_per_flush if pushing else 0,
+        )
+        for backend in backends:
+            backend.attach(self._store)
+            backend.set_collect_hook(self._run_collect_hooks)
+        self._rebind_all()
+        for backend in backends:  # bound now, so they find their series declared
+            backend.set_drop_reporter(self._drop_reporter(backend))
+
+    def _detach(self) -> tuple[tuple[Backend, ...], PushFlusher | None]:
+        """Stop the endpoint and take the backends and the flusher out; return them for the
+        caller to close once it has released the lock (the last flush may report drops,
+        which records a metric). Handles stay wired until the caller binds them again."""
         if self._endpoint is not None:
             self._endpoint.stop()
             self._endpoint = None
         backends, self._backends = self._backends, ()
-        return backends
+        flusher, self._flusher = self._flusher, None
+        return backends, flusher
+
+    def _unconfigure(self) -> None:
+        """Send what is left, close everything, and make recording a no-op."""
+        with self._lock:
+            retired, flusher = self._detach()
+            self._config = None
+        _retire(retired, flusher)
+        with self._lock:
+            if self._config is None:
+                self._rebind_all()
 
     def _rebind_all(self) -> None:
         for handle in self._handles.values():
@@ -580,7 +573,13 @@ class Metrics:
             atexit.register(_close_at_exit, weakref.ref(self))
 
 
-def _close_backends(backends: tuple[Backend, ...]) -> None:
+def _retire(backends: tuple[Backend, ...], flusher: PushFlusher | None) -> None:
+    """Send what the push backends have left, then close every backend."""
+    if flusher is not None:
+        try:
+            flusher.close(CLOSE_TIMEOUT_SECS)
+        except Exception:
+            logger.exception("metricsfacade: the last push flush failed")
     for backend in backends:
         try:
             backend.close()
@@ -592,6 +591,27 @@ def _close_at_exit(facade_ref: weakref.ref[Metrics]) -> None:
     facade = facade_ref()
     if facade is not None:
         facade.close()
+
+
+def _record_attributes(child_type: type[Child]) -> tuple[str, ...]:
+    """The attributes of a child that the facade points at a cell."""
+    if issubclass(child_type, CounterChild):
+        return ("_inc",)
+    if issubclass(child_type, GaugeChild):
+        return ("_set", "_add")
+    return ("_observe",)
+
+
+def _also(record: RecordFn, extra: RecordFn | None) -> RecordFn:
+    """``record``, then ``extra`` (the overflow series also counts each folded recording)."""
+    if extra is None:
+        return record
+
+    def both(value: float) -> None:
+        record(value)
+        extra(value)
+
+    return both
 
 
 _HANDLE_TYPES: dict[Kind, type[MetricHandle[Any]]] = {

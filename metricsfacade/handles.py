@@ -9,6 +9,7 @@ the facade, which counts, logs, or creates the series.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
@@ -20,6 +21,9 @@ if TYPE_CHECKING:
     from metricsfacade.facade import Metrics
 
 _INF = math.inf
+#: the longest duration a timer takes: push backends send it in milliseconds, which must
+#: stay finite
+_MAX_SECONDS = sys.float_info.max / 1000.0
 RecordFn = Callable[[float], None]
 
 
@@ -30,14 +34,12 @@ def _noop(_value: float) -> None:
 class Child:
     """One series: a metric with all its label values fixed. Keep it for the fastest path.
 
-    While nothing is bound (unconfigured, ``enabled = false``, closed) the facade switches a
-    child to its ``idle_type``, a subclass whose record methods do nothing at all, so a
-    disabled recording costs one method call; binding switches it back to ``live_type``.
+    The facade points a child's record functions at its series' cell while configured, and at
+    a no-op otherwise. The methods themselves never change, so a bound method or a timer kept
+    from before ``configure()`` records to whatever is bound when it is called.
     """
 
     __slots__ = ("_metric", "label_values")
-    live_type: ClassVar[type[Child]]
-    idle_type: ClassVar[type[Child]]
 
     def __init__(self, metric: MetricHandle[Any], label_values: tuple[str, ...]) -> None:
         self._metric = metric
@@ -133,40 +135,21 @@ class HistogramChild(Child):
         return Timing(self.observe)
 
 
-class _IdleCounterChild(CounterChild):
-    __slots__ = ()
-
-    def inc(self, amount: float = 1) -> None:
-        pass
-
-
-class _IdleGaugeChild(GaugeChild):
-    __slots__ = ()
-
-    def set(self, value: float) -> None:
-        pass
-
-    def inc(self, amount: float = 1) -> None:
-        pass
-
-    def dec(self, amount: float = 1) -> None:
-        pass
-
-
-class _IdleHistogramChild(HistogramChild):
+class TimerChild(HistogramChild):
     __slots__ = ()
 
     def observe(self, value: float) -> None:
-        pass
+        """Record one duration in seconds. Non-finite or absurdly long ones are dropped."""
+        try:
+            if -_MAX_SECONDS <= value <= _MAX_SECONDS:
+                self._observe(value)
+                return
+        except Exception as exc:
+            self._metric._facade._record_failed(self._metric, exc, value)
+            return
+        reason = "out_of_range" if -_INF < value < _INF else "not_finite"
+        self._metric._facade._reject(self._metric, reason, f"observe({value!r})")
 
-
-for _live, _idle in (
-    (CounterChild, _IdleCounterChild),
-    (GaugeChild, _IdleGaugeChild),
-    (HistogramChild, _IdleHistogramChild),
-):
-    _live.live_type = _live
-    _live.idle_type = _idle
 
 ChildT = TypeVar("ChildT", bound=Child)
 
@@ -268,4 +251,5 @@ class Histogram(MetricHandle[HistogramChild]):
 class Timer(Histogram):
     """A histogram of seconds. Push backends send it as a timing in milliseconds."""
 
+    child_type = TimerChild
     __slots__ = ()

@@ -3,11 +3,15 @@
 Grammar accepted (one line; a datagram is lines joined by ``\\n``, with no empty line and so
 no trailing newline)::
 
-    line  = name ":" value "|" type [ "|@" rate ] [ "|#" tag { "," tag } ]
+    line  = name ":" value { ":" value } "|" type [ "|@" rate ] [ "|#" tag { "," tag } ]
+            [ "|c:" container-id ] [ "|e:" external-data ]
     type  = "c" | "g" | "ms" | "s" | "h" | "d"
     value = [ "+" | "-" ] digits [ "." digits ] [ exponent ]      (a finite decimal float)
     rate  = a float in (0, 1], unsigned
     tag   = key ":" value                                        (key non-empty)
+
+Several values in one line are DogStatsD protocol 1.1 (not for sets or signed gauge deltas);
+the container ID and external data fields are DogStatsD's origin detection (protocol 1.2+).
 
 Rejected: an empty name, a name containing ``| : # @``, whitespace or a control character; a
 value Python's ``float`` would take but a StatsD daemon would not (``nan``, ``inf``, ``1_0``,
@@ -53,6 +57,15 @@ class Line(NamedTuple):
     tags: tuple[tuple[str, str], ...] = ()
     #: the value had an explicit sign: a gauge delta in plain StatsD (``+3``, ``-3``)
     signed: bool = False
+    #: the values after the first in a multi-value line
+    more: tuple[float, ...] = ()
+    #: DogStatsD origin detection: ``|c:`` container ID and ``|e:`` external data
+    container: str | None = None
+    external: str | None = None
+
+    @property
+    def all_values(self) -> tuple[float, ...]:
+        return (self.value, *self.more)
 
     @property
     def tag_keys(self) -> tuple[str, ...]:
@@ -91,23 +104,46 @@ def parse_line(line: str) -> Line:
     sections = rest.split("|")
     if len(sections) < 2:
         raise MalformedLine(f"no '|type' in {line!r}")
-    value_text, metric_type, *extra = sections
+    values_text, metric_type, *extra = sections
     if metric_type not in TYPES:
         raise MalformedLine(f"unknown type {metric_type!r} in {line!r}")
-    value, signed = _parse_value(value_text, metric_type, line)
+    parsed = [_parse_value(text, metric_type, line) for text in values_text.split(":")]
+    deltas = metric_type == "g" and any(signed for _, signed in parsed)
+    if len(parsed) > 1 and (metric_type == "s" or deltas):
+        raise MalformedLine(f"several values in a set or a gauge delta line: {line!r}")
+    value, signed = parsed[0]
     rate: float | None = None
     tags: tuple[tuple[str, str], ...] = ()
-    seen_rate = seen_tags = False
+    fields: dict[str, str] = {}
+    order = ["@", "#", "c:", "e:"]
     for section in extra:
-        if section.startswith("@") and not seen_rate and not seen_tags:
-            seen_rate = True
+        kind = next((prefix for prefix in order if section.startswith(prefix)), None)
+        if kind is None:
+            raise MalformedLine(f"unexpected section {section!r} in {line!r}")
+        order = order[order.index(kind) + 1 :]  # each at most once, in this order
+        if kind == "@":
             rate = _parse_rate(section[1:], line)
-        elif section.startswith("#") and not seen_tags:
-            seen_tags = True
+        elif kind == "#":
             tags = _parse_tags(section[1:], line)
         else:
-            raise MalformedLine(f"unexpected section {section!r} in {line!r}")
-    return Line(name, value, metric_type, rate, tags, signed)
+            fields[kind] = _parse_field(section[2:], line)
+    return Line(
+        name,
+        value,
+        metric_type,
+        rate,
+        tags,
+        signed,
+        tuple(number for number, _ in parsed[1:]),
+        fields.get("c:"),
+        fields.get("e:"),
+    )
+
+
+def _parse_field(text: str, line: str) -> str:
+    if not text or any(char in _TAG_FORBIDDEN or is_control(char) for char in text):
+        raise MalformedLine(f"bad origin field {text!r} in {line!r}")
+    return text
 
 
 def format_line(line: Line) -> str:
@@ -115,11 +151,16 @@ def format_line(line: Line) -> str:
     value = repr(float(line.value))
     if line.signed and not value.startswith("-"):
         value = "+" + value
-    text = f"{line.name}:{value}|{line.type}"
+    values = ":".join([value, *(repr(float(more)) for more in line.more)])
+    text = f"{line.name}:{values}|{line.type}"
     if line.rate is not None:
         text += f"|@{line.rate!r}"
     if line.tags:
         text += "|#" + ",".join(f"{key}:{tag}" for key, tag in line.tags)
+    if line.container is not None:
+        text += f"|c:{line.container}"
+    if line.external is not None:
+        text += f"|e:{line.external}"
     return text
 
 

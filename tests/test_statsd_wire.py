@@ -4,9 +4,9 @@ Every facade here sends to a datagram socket bound by the test (UDP on 127.0.0.1
 datagram socket), and every line received is checked by the strict parser in
 ``strict_statsd.py``, which has its own small tests at the top of this file.
 
-Reading is synchronised without sleeping: ``Wire.sync()`` records a sentinel gauge with a
-fresh value, flushes, and reads datagrams until that line arrives; everything before it is
-what the test recorded. Tests that must see *nothing* arrive poll the socket with a short
+Reading is synchronised without sleeping: ``Wire.sync()`` flushes, records a sentinel gauge
+with a fresh value, flushes again, and reads datagrams until that line arrives; everything
+before it is what the test recorded. Tests that must see *nothing* arrive poll the socket with a short
 timeout instead.
 """
 
@@ -32,7 +32,6 @@ from hypothesis import strategies as st
 from strict_statsd import Line, MalformedLine, format_line, parse_datagram, parse_line
 
 import metricsfacade as mf
-from metricsfacade.backends.transport import WAKE_AT_LINES
 
 #: DogStatsd reads these itself; cleared for every test so the host's environment can't leak.
 DD_VARIABLES = (
@@ -47,6 +46,9 @@ DD_VARIABLES = (
     "DD_TELEMETRY_HOST",
     "DD_TELEMETRY_PORT",
     "DATADOG_TAGS",
+    "DD_TAGS",
+    "DD_EXTERNAL_ENV",
+    "DD_ORIGIN_DETECTION_ENABLED",
 )
 UNSAFE = "|:#,@;="
 MAX_VALUE_BYTES = 200
@@ -77,6 +79,12 @@ VALID_LINES = [
         "caf\u00e9.\U0001f600:2|c|#k:\u00e9 t",
         Line("caf\u00e9.\U0001f600", 2.0, "c", None, (("k", "\u00e9 t"),)),
     ),
+    ("a:1:2.5:-3|h|@0.5|#k:v", Line("a", 1.0, "h", 0.5, (("k", "v"),), False, (2.5, -3.0))),
+    (
+        "a:1|c|#k:v|c:abc123|e:it-false",
+        Line("a", 1.0, "c", None, (("k", "v"),), False, (), "abc123", "it-false"),
+    ),
+    ("a:1|c|e:x", Line("a", 1.0, "c", external="x")),
 ]
 
 MALFORMED_LINES = [
@@ -126,7 +134,12 @@ MALFORMED_LINES = [
     "a:1|c|@0.5|@0.5",
     "a:1|c|x",  # trailing garbage
     "a:1|c|#k:v|",
-    "a:1|c|c:abcdef",  # a DogStatsD container id: not something we ever send
+    "a:1|c|c:",  # an empty container id
+    "a:1|c|e:x|c:y",  # origin fields out of order
+    "a:1|c|c:x|c:y",  # a field twice
+    "a:+1:2|g",  # several values with a gauge delta
+    "a:1:2|s",  # several values in a set
+    "a:1:|h",  # an empty value
 ]
 
 
@@ -283,6 +296,7 @@ class Wire:
             lines += datagram.split(b"\n")
         token = next(_TOKENS)
         marker = b"%d|g" % token
+        self.m.flush()  # what the test recorded, then the sentinel alone in a flush of its own
         self._sentinel.set(token)
         self.m.flush()
         deadline = time.monotonic() + timeout
@@ -412,55 +426,48 @@ def test_statsd_common_labels_come_first(wire):
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
-def test_sample_rate_is_sent_and_about_that_fraction_of_increments(wire, backend):
+def test_sample_rate_is_ignored_every_increment_is_counted(wire, backend, caplog):
+    """Counters are summed in process, so sampling them would only lose precision: a
+    configured sample_rate is ignored, with a warning."""
     w = wire(backend, sample_rate=0.5)
     child = w.m.counter("shadowcat_requests_total", "h", labels=["method"]).labels("ping")
-    state = random.getstate()
-    random.seed(1234)
-    try:
-        for _ in range(4000):
-            child.inc()
-    finally:
-        random.setstate(state)
-    lines = w.sync(settle=True)
-    assert set(lines) == {b"shadowcat.requests:1|c|@0.5|#method:ping"}
-    # Binomial(4000, 0.5): mean 2000, sd 32; the bounds are more than 6 sd away.
-    assert 1800 <= len(lines) <= 2200, len(lines)
+    for _ in range(4000):
+        child.inc()
+    assert w.sync() == [b"shadowcat.requests:4000|c|#method:ping"]
+    assert "sample_rate = 0.5 is ignored" in caplog.text
 
 
 def test_statsd_gauge_lines(wire):
+    """One absolute line per flush for a gauge written since the previous one: set, inc and
+    dec fold into its value; a negative value is sent as 0 then the value (alone, '-N|g' is
+    a delta); a gauge not written is not sent."""
     w = wire("statsd")
     gauge = w.m.gauge("shadowcat_level", "h")
     gauge.set(3)
+    assert w.sync() == [b"shadowcat.level:3|g"]
     gauge.set(-3)
     gauge.inc(2)
+    assert w.sync() == [b"shadowcat.level:0|g", b"shadowcat.level:-1|g"]
     gauge.dec(5)
     gauge.inc(0.5)
-    gauge.set(0)
+    assert w.sync() == [b"shadowcat.level:0|g", b"shadowcat.level:-5.5|g"]
+    assert w.sync() == []  # not written: not sent
     gauge.set(2.25)
-    assert w.sync() == [
-        b"shadowcat.level:3|g",
-        b"shadowcat.level:0|g",  # a negative value: reset to 0 ...
-        b"shadowcat.level:-3|g",  # ... then the delta, right after it
-        b"shadowcat.level:+2|g",
-        b"shadowcat.level:-5|g",
-        b"shadowcat.level:+0.5|g",
-        b"shadowcat.level:0|g",
-        b"shadowcat.level:2.25|g",
-    ]
+    gauge.set(2.25)
+    assert w.sync() == [b"shadowcat.level:2.25|g"]
+    gauge.set(2.25)  # written again, unchanged: sent, as DogStatsd's aggregation does
+    assert w.sync() == [b"shadowcat.level:2.25|g"]
 
 
 def test_statsd_gauge_set_negative_zero_is_not_a_delta(wire):
     """'-0|g' would be read by StatsD as a delta of 0, keeping the old value: set(-0.0) must
-    send an unsigned 0 (regression test: fixed in 13583c6)."""
+    send an unsigned 0."""
     w = wire("statsd")
     gauge = w.m.gauge("shadowcat_level", "h")
     gauge.set(5)
+    assert w.sync_parsed() == [Line("shadowcat.level", 5.0, "g")]
     gauge.set(-0.0)
-    lines = w.sync_parsed()
-    assert lines[0] == Line("shadowcat.level", 5.0, "g")
-    assert [line for line in lines[1:] if line.signed] == [], w.datagrams
-    assert lines[-1].value == 0.0
+    assert w.sync() == [b"shadowcat.level:0|g"]
 
 
 def test_statsd_histogram_and_timer_lines(wire):
@@ -491,10 +498,10 @@ def test_statsd_histogram_type(wire, histogram_type):
     w.m.histogram("shadowcat_payload_size", "h").observe(3)
     w.m.timer("shadowcat_request_duration_seconds", "h").observe(0.5)
     w.m.counter("shadowcat_requests_total", "h").inc()
-    assert w.sync() == [
+    assert w.sync() == [  # counters, then gauges, then histograms
+        b"shadowcat.requests:1|c",
         b"shadowcat.payload_size:3|" + histogram_type.encode(),
         b"shadowcat.request_duration:500|" + histogram_type.encode(),
-        b"shadowcat.requests:1|c",
     ]
 
 
@@ -529,10 +536,25 @@ def test_largest_finite_values_are_sent_readably(wire, backend):
         assert same_value(line.value, value), line
 
 
-def test_datadog_gauge_sum_overflow_never_sends_inf(wire):
-    """The Datadog backend's running gauge value must not overflow to 'inf|g': the
-    increment that would overflow it is dropped and counted as out_of_range."""
-    w = wire("datadog")
+@pytest.mark.parametrize("backend", ["statsd", "datadog"])
+def test_counter_total_overflow_never_sends_inf(wire, backend):
+    """The increment that would take a counter's total to infinity is dropped and counted
+    as out_of_range; the total so far stays exact and readable."""
+    w = wire(backend)
+    counter = w.m.counter("shadowcat_requests_total", "h")
+    counter.inc(1e308)
+    counter.inc(1e308)
+    lines = [strict(line) for line in w.sync()]
+    assert [line.value for line in lines if line.name == "shadowcat.requests"] == [1e308]
+    reasons = [line.tag_dict["reason"] for line in lines if line.name == "metricsfacade.dropped"]
+    assert reasons == ["out_of_range"]
+
+
+@pytest.mark.parametrize("backend", ["statsd", "datadog"])
+def test_gauge_sum_overflow_never_sends_inf(wire, backend):
+    """A gauge's value must not overflow to 'inf|g': the increment that would overflow it
+    is dropped and counted as out_of_range."""
+    w = wire(backend)
     gauge = w.m.gauge("shadowcat_level", "h")
     gauge.set(1e308)
     gauge.inc(1e308)
@@ -604,17 +626,50 @@ def test_datadog_gauges_are_absolute(wire):
     gauge.labels("a").set(5)
     gauge.labels("a").inc(2)
     gauge.labels("b").inc()
+    assert w.sync() == [b"shadowcat.level:7|g|#pool:a", b"shadowcat.level:1|g|#pool:b"]
     gauge.labels("a").dec(10)
+    assert w.sync() == [b"shadowcat.level:-3|g|#pool:a"]
     gauge.labels("a").set(-4)
     gauge.labels("a").inc(0.5)
-    assert w.sync() == [
-        b"shadowcat.level:5|g|#pool:a",
-        b"shadowcat.level:7|g|#pool:a",
-        b"shadowcat.level:1|g|#pool:b",
-        b"shadowcat.level:-3|g|#pool:a",
-        b"shadowcat.level:-4|g|#pool:a",
-        b"shadowcat.level:-3.5|g|#pool:a",
-    ]
+    assert w.sync() == [b"shadowcat.level:-3.5|g|#pool:a"]
+
+
+def test_datadog_packs_observations_into_multi_value_lines(wire):
+    """DogStatsD protocol 1.1: the observations of a flush share one line per series, as
+    many as fit a packet; the shortest text that reads back as the same float."""
+    w = wire("datadog", max_packet_size=200)
+    histogram = w.m.histogram("shadowcat_payload_size", "h", labels=["k"])
+    for value in (7, 12.3, -0.5):
+        histogram.labels("a").observe(value)
+    assert w.sync() == [b"shadowcat.payload_size:7:12.3:-0.5|h|#k:a"]
+    values = [float(index) + 0.25 for index in range(100)]
+    for value in values:
+        histogram.labels("b").observe(value)
+    lines = [strict(line) for line in w.sync()]
+    assert len(lines) > 1
+    assert all(len(format_line(line)) <= 200 for line in lines)
+    assert [value for line in lines for value in line.all_values] == values
+
+
+def test_datadog_origin_detection_and_environment_tags(wire, monkeypatch):
+    """DD_EXTERNAL_ENV goes out as the |e: field, DD_ENTITY_ID as dd.internal.entity_id,
+    DD_TAGS and DATADOG_TAGS as tags, as DogStatsd itself sends them."""
+    monkeypatch.setenv("DD_EXTERNAL_ENV", "it-false,cn-app,pu-1234")
+    monkeypatch.setenv("DD_ENTITY_ID", "pod-uid-1")
+    monkeypatch.setenv("DD_TAGS", "team:core stage:beta")
+    monkeypatch.setenv("DATADOG_TAGS", "zone:a")
+    monkeypatch.setenv("DD_ORIGIN_DETECTION_ENABLED", "false")
+    w = wire("datadog")
+    w.m.counter("shadowcat_requests_total", "h").inc()
+    (line,) = w.sync_parsed()
+    assert line.tag_dict == {
+        "zone": "a",
+        "dd.internal.entity_id": "pod-uid-1",
+        "team": "core",
+        "stage": "beta",
+    }
+    assert line.external == "it-false_cn-app_pu-1234"  # ',' may not appear in the field
+    assert line.container is None  # origin detection switched off
 
 
 def test_datadog_unified_service_tags_from_environment(wire, monkeypatch):
@@ -684,30 +739,30 @@ def test_packets_are_full_and_never_split_a_line(wire, backend, max_packet_size)
     limit = max_packet_size or UDP_MAX_PACKET
     w = wire(backend, **settings)
     counter = w.m.counter("shadowcat_requests_total", "h", labels=["path"])
-    gauge = w.m.gauge("shadowcat_level", "h")
-    expected = []
+    gauge = w.m.gauge("shadowcat_level", "h", labels=["n"])
+    counters, gauges = [], []
     for index in range(400):
-        path = "p" * (index % 37)  # lines of varying length
-        counter.labels(path).inc(index)
-        expected.append(b"shadowcat.requests:%d|c|#path:%s" % (index, path.encode()))
+        path = "%03d" % index + "p" * (index % 37)  # lines of varying length
+        counter.labels(path).inc(index + 1)
+        counters.append(b"shadowcat.requests:%d|c|#path:%s" % (index + 1, path.encode()))
         if index % 50 == 0:
-            gauge.set(-index - 1)
+            gauge.labels(str(index)).set(-index - 1)
             first = b"0|g" if backend == "statsd" else b"%d|g" % (-index - 1)
-            expected.append(b"shadowcat.level:" + first)
+            gauges.append(b"shadowcat.level:" + first + b"|#n:%d" % index)
             if backend == "statsd":
-                expected.append(b"shadowcat.level:%d|g" % (-index - 1))
+                gauges.append(b"shadowcat.level:%d|g|#n:%d" % (-index - 1, index))
     lines = w.sync(settle=True)
-    assert lines == expected  # every line whole, in order
-    datagrams = w.datagrams
+    assert lines == counters + gauges  # every line whole, counters then gauges
+    datagrams = w.datagrams[:-1]  # the sentinel's own flush aside
     check_framing(datagrams, limit)
     assert len(datagrams) > 5
     for datagram, following in itertools.pairwise(datagrams):
         unit = following.split(b"\n")[0]
-        if backend == "statsd" and unit == b"shadowcat.level:0|g":
-            unit = b"\n".join(following.split(b"\n")[:2])  # reset and delta: one unit
+        if backend == "statsd" and unit.startswith(b"shadowcat.level:0|g"):
+            unit = b"\n".join(following.split(b"\n")[:2])  # reset and value: one unit
         # Greedy packing: the next unit would not have fitted.
         assert len(datagram) + 1 + len(unit) > limit, (datagram, unit)
-    if backend == "statsd":  # the reset-and-delta pair of a negative gauge never splits
+    if backend == "statsd":  # the reset-and-value pair of a negative gauge never splits
         for datagram in datagrams:
             assert not datagram.startswith(b"shadowcat.level:-"), datagram
 
@@ -720,8 +775,7 @@ def test_line_longer_than_packet_is_dropped_and_counted(wire, backend):
     counter.labels("x" * 100).inc()
     counter.labels("short").inc(2)
     lines = w.sync()
-    assert b"shadowcat.requests:1|c|#path:short" in lines
-    assert b"shadowcat.requests:2|c|#path:short" in lines
+    assert b"shadowcat.requests:3|c|#path:short" in lines
     assert not any(b"xxx" in line for line in lines)
     check_framing(w.datagrams, 64)
     assert w.dropped("line_too_long") == 1
@@ -763,18 +817,25 @@ def test_nothing_sent_before_flush_with_a_long_interval(wire):
     assert w.rx.datagrams(1) == [b"shadowcat.requests:1|c"]
 
 
-def test_full_packets_sent_without_flush(wire):
-    """A backlog of lines goes out in full packets without flush(); the rest waits."""
-    w = wire("statsd", flush_interval_secs=60.0, max_packet_size=100)
+@pytest.mark.parametrize("backend", ["statsd", "datadog"])
+def test_one_line_per_changed_series_per_flush_however_many_recordings(wire, backend):
+    """A tight loop between two flushes costs one line per series that changed: nothing
+    waits in a queue, so nothing can overflow one."""
+    w = wire(backend, flush_interval_secs=60.0)
     counter = w.m.counter("shadowcat_requests_total", "h", labels=["n"])
-    expected = []
-    for index in range(WAKE_AT_LINES + 100):  # 30-byte lines: three to a 100-byte packet
-        counter.labels(f"{index:04d}").inc()
-        expected.append(b"shadowcat.requests:1|c|#n:%04d" % index)
-    arrived = w.rx.datagrams(1, timeout=2.0)
-    assert arrived, "a backlog of lines was not sent without flush()"
-    assert len(parse_datagram(arrived[0])) == 3  # a full packet, not a partial one
-    assert [*arrived[0].split(b"\n"), *w.sync(settle=True)] == expected
+    children = [counter.labels(str(index)) for index in range(3)]
+    gauge = w.m.gauge("shadowcat_level", "h")
+    for index in range(200_000):
+        children[index % 3].inc()
+        gauge.set(index)
+    untouched = w.m.counter("shadowcat_idle_total", "h")
+    untouched.inc(0)
+    assert w.sync() == [
+        b"shadowcat.requests:66667|c|#n:0",
+        b"shadowcat.requests:66667|c|#n:1",
+        b"shadowcat.requests:66666|c|#n:2",
+        b"shadowcat.level:199999|g",
+    ]
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
@@ -832,7 +893,10 @@ def test_recording_sends_nothing_until_flush(wire, backend):
     w.m.flush()
     datagrams = w.rx.datagrams(1)
     assert len(datagrams) == 1
-    assert len(parse_datagram(datagrams[0])) == 50  # all in one datagram
+    lines = parse_datagram(datagrams[0])  # one datagram, a line per series
+    assert [(line.tag_dict["n"], line.value) for line in lines] == [
+        (str(n), 10.0) for n in range(5)
+    ]
     assert w.rx.recv(0.05) is None
 
 
@@ -914,9 +978,11 @@ Expected = tuple[str, str, float, tuple[tuple[str, str], ...], "bool | None"]
 def expected_lines(w: SharedWire, rec: Recording) -> list[Expected]:
     """(name, type, value, tags, signed or None for "any") for the four recordings."""
     tags = w.tags(("a", "b"), rec.values)
-    lines: list[Expected] = [(w.name("prop.events", rec.values), "c", rec.count, tags, None)]
+    lines: list[Expected] = []
+    if rec.count > 0:  # a counter that did not grow is not sent
+        lines.append((w.name("prop.events", rec.values), "c", rec.count, tags, None))
     gauge_name = w.name("prop.level", rec.values)
-    if w.backend == "statsd" and rec.level < 0:  # documented: reset to 0, then the delta
+    if w.backend == "statsd" and rec.level < 0:  # documented: reset to 0, then the value
         lines.append((gauge_name, "g", 0.0, tags, False))
         lines.append((gauge_name, "g", rec.level, tags, True))
     else:  # in plain StatsD an absolute value must not look like a delta
@@ -948,12 +1014,9 @@ def record_and_check(w: SharedWire, rec: Recording) -> None:
 def test_hostile_label_values_give_one_well_formed_line_each(shared_wire, value):
     record_and_check(shared_wire, Recording((value, "ok"), 2.0, 3.5, 7.0, 0.25))
     shared_wire.counter.labels(value, "ok").inc()
-    shared_wire.counter.labels(
-        "".join(list(value)), "ok"
-    ).inc()  # the same input, another str object
-    again = shared_wire.sync()
-    assert len(again) == 2
-    assert again[0] == again[1]  # the same input always gives the same output
+    shared_wire.counter.labels("".join(list(value)), "ok").inc()  # another str object
+    (again,) = shared_wire.sync()  # the same input is the same series
+    assert strict(again).value == 2
 
 
 def test_hostile_metric_names_are_refused_at_declaration():
@@ -974,7 +1037,8 @@ finite = st.floats(allow_nan=False, allow_infinity=False)
 recordings = st.builds(
     Recording,
     values=st.tuples(st.text(), st.text()),
-    count=st.floats(min_value=0, allow_nan=False, allow_infinity=False),
+    # a series' total may not overflow (that drop has its own test, below the gauge's)
+    count=st.floats(min_value=0, max_value=1e300),
     level=finite,
     size=finite,
     # durations whose milliseconds overflow are dropped (see the out_of_range test above)
@@ -988,7 +1052,8 @@ recordings = st.builds(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(rec=recordings)
-def test_every_recording_is_exactly_one_well_formed_line(shared_wire, rec):
+def test_every_recording_is_one_well_formed_line_at_the_next_flush(shared_wire, rec):
     """For both tag formats of StatsD and for Datadog: each recording is exactly one line
-    (a negative StatsD gauge the documented pair) that decodes back to what was recorded."""
+    at the next flush (a negative StatsD gauge the documented pair; a counter that did not
+    grow none) that decodes back to what was recorded."""
     record_and_check(shared_wire, rec)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from metricsfacade.backends.base import Backend, GaugeOps, RecordFn
+from metricsfacade.backends.base import Backend, PushBackend
 from metricsfacade.config import MetricsConfig
 from metricsfacade.errors import MissingExtraError
 
@@ -16,12 +16,12 @@ _REGISTRY: dict[str, tuple[str, str, str | None, str | None]] = {
         "prometheus_client",
         "prometheus",
     ),
-    "statsd": ("metricsfacade.backends.statsd", "StatsdBackend", "statsd", "statsd"),
+    "statsd": ("metricsfacade.backends.statsd", "StatsdBackend", None, None),
     "datadog": ("metricsfacade.backends.datadog", "DatadogBackend", "datadog", "datadog"),
     "memory": ("metricsfacade.backends.memory", "MemoryBackend", None, None),
 }
 
-__all__ = ["Backend", "GaugeOps", "RecordFn", "backend_class", "create_backends"]
+__all__ = ["Backend", "PushBackend", "backend_class", "create_backends"]
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -29,7 +29,8 @@ def backend_class(name: str) -> type[Backend]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if needs is not None and extra is not None and exc.name == needs:
+        missing = (exc.name or "").partition(".")[0]
+        if needs is not None and extra is not None and missing == needs:
             raise MissingExtraError(name, needs, extra) from exc
         raise
     cls: type[Backend] = getattr(module, class_name)

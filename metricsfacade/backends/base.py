@@ -1,10 +1,9 @@
-"""The backend interface: metrics are declared once, then each series gets cheap record calls.
+"""The backend interface: a backend reads the facade's series store; it never records.
 
-A backend never sees handles or label names in record calls. The facade asks it once per series
-for the functions that record to that series (in the spirit of Rust's ``metrics`` crate) and
-then calls them directly. Record functions receive values the facade already validated: finite
-numbers, non-negative for counters. They should not raise; if they do, the facade counts the
-failure and carries on.
+Recording updates one cell per series in the facade's :class:`~metricsfacade.store.SeriesStore`.
+A pull backend (Prometheus) reads the cells when scraped; a push backend (StatsD, Datadog)
+sends what changed since its previous flush (see :class:`PushBackend`). So the record path
+costs the same whatever the number of backends, and adding one costs nothing there.
 """
 
 from __future__ import annotations
@@ -13,65 +12,59 @@ import abc
 from collections.abc import Callable
 from typing import ClassVar
 
-import attrs
-
 from metricsfacade.config import MetricsConfig
-from metricsfacade.spec import MetricSpec
+from metricsfacade.store import Changes, SeriesStore
 
-RecordFn = Callable[[float], None]
 #: (reason, number of lines) -> None: how a push backend reports what it could not deliver.
 ReportDrop = Callable[[str, int], None]
 
 
-class ValueOutOfRange(ValueError):
-    """A finite value the backend cannot represent (a duration overflowing in milliseconds).
-    The facade counts it as ``out_of_range`` instead of a backend error."""
-
-
-@attrs.frozen
-class GaugeOps:
-    """The two ways to change a gauge: set an absolute value, or add a (signed) delta."""
-
-    set: RecordFn
-    add: RecordFn
-
-
 class Backend(abc.ABC):
-    """A metrics sink. Subclasses set ``name`` and implement the series factories."""
+    """A metrics sink. Subclasses set ``name`` and read ``self.store`` once attached."""
 
     name: ClassVar[str]
     #: the reasons it passes to the drop reporter (the facade binds their series up front)
     drop_reasons: ClassVar[tuple[str, ...]] = ()
+    #: the memory backend keeps every histogram observation for assertions
+    keeps_values: ClassVar[bool] = False
+
+    store: SeriesStore
 
     @classmethod
     @abc.abstractmethod
     def from_config(cls, config: MetricsConfig) -> Backend:
         """Build the backend from the whole configuration (it reads its own table)."""
 
-    def declare(self, spec: MetricSpec) -> None:  # noqa: B027 - optional hook
-        """Called once per metric before any of its series; ``spec.buckets`` is resolved."""
-
-    @abc.abstractmethod
-    def counter(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        """Return the function that adds a non-negative amount to this counter series."""
-
-    @abc.abstractmethod
-    def gauge(self, spec: MetricSpec, label_values: tuple[str, ...]) -> GaugeOps:
-        """Return the functions that set and add to this gauge series."""
-
-    @abc.abstractmethod
-    def histogram(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        """Return the function that observes a value (seconds, for timers) in this series."""
+    def attach(self, store: SeriesStore) -> None:
+        """Called once by the facade before the backend is used: the store it reads."""
+        self.store = store
 
     def set_drop_reporter(self, report_drop: ReportDrop) -> None:  # noqa: B027 - optional hook
         """The facade passes a function counting undeliverable lines; push backends call it
-        (never while holding a lock of theirs: it records a metric, possibly to them)."""
+        (never while holding a lock of theirs: it records a metric)."""
 
     def set_collect_hook(self, hook: Callable[[], None]) -> None:  # noqa: B027 - optional hook
         """Pull backends call ``hook`` before each collection so pulled values are fresh."""
 
-    def flush(self) -> None:  # noqa: B027 - optional hook
-        """Send anything buffered. Push backends override this."""
-
     def close(self) -> None:  # noqa: B027 - optional hook
-        """Flush and release sockets and threads. Called once by the facade."""
+        """Release sockets and registrations. Called once by the facade."""
+
+
+class PushBackend(Backend):
+    """A backend that sends the store's changes to an agent. The facade's flusher calls
+    :meth:`send` from one thread at a time, every ``flush_interval`` seconds, on ``flush()``,
+    at ``close()`` and at interpreter exit."""
+
+    #: seconds between two flushes; push backends configured together flush at the shortest
+    flush_interval: float
+
+    @abc.abstractmethod
+    def send(self, changes: Changes) -> None:
+        """Send one flush's changes; count what cannot be delivered, never raise for it."""
+
+    def reconnect(self) -> None:
+        """Drop the connection: the next send opens a new one (after a fork, or to wake a
+        send stuck on a peer that stopped reading)."""
+
+    def close_by(self, deadline: float) -> None:
+        """Sending stops at ``deadline`` (``time.monotonic()``): what is left is counted."""

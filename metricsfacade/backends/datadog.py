@@ -1,29 +1,32 @@
-"""Datadog backend: DogStatsD lines sent through ``datadog``'s DogStatsd client.
+"""Datadog backend: DogStatsD lines to the agent, through ``datadog``'s DogStatsd socket.
 
 DogStatsd resolves where the agent is (arguments, else DD_DOGSTATSD_URL, DD_AGENT_HOST,
-DD_DOGSTATSD_PORT), adds DD_ENV/DD_SERVICE/DD_VERSION as tags and owns the UDP or Unix
-socket. Its own buffering, aggregation and telemetry threads stay off: lines are built from
-per-series templates and packed by our ``LineBuffer``, so recording never takes its locks or
-makes a syscall. Gauges are tracked here and sent as absolute values (DogStatsD has no
-deltas); histograms and timers go out as ``h`` or ``d`` with timers in milliseconds.
+DD_DOGSTATSD_PORT), turns DATADOG_TAGS, DD_ENTITY_ID, DD_ENV, DD_SERVICE and DD_VERSION into
+tags and owns the UDP or Unix socket; its own buffering, aggregation and telemetry stay off,
+since the facade's store already aggregates. Like DogStatsd, lines carry origin detection
+fields: ``|c:<container id>`` when one can be read (unless DD_ORIGIN_DETECTION_ENABLED is
+false) and ``|e:<DD_EXTERNAL_ENV>``. DD_TAGS adds tags too. Histograms and timers (in
+milliseconds) go out as ``h`` or ``d``, several values per line (DogStatsD protocol 1.1).
+Gauges are absolute values.
 """
 
 from __future__ import annotations
 
-import math
+import logging
+import os
 import socket
 import struct
-import threading
+from collections.abc import Iterable, Mapping
 
 from datadog.dogstatsd.base import DogStatsd
+from datadog.dogstatsd.container import Cgroup
 
-from metricsfacade.backends.base import GaugeOps, ValueOutOfRange
-from metricsfacade.backends.push import PushBackend, ignore_drops
-from metricsfacade.backends.transport import LineBuffer
+from metricsfacade.backends.lines import SeriesFormat, sanitize
+from metricsfacade.backends.push import LinePushBackend, warn_if_sampled
+from metricsfacade.backends.transport import Packer
 from metricsfacade.config import DatadogSettings, MetricsConfig
-from metricsfacade.spec import MetricSpec
 
-_INF = math.inf
+logger = logging.getLogger("metricsfacade")
 UDP_MAX_PACKET = 1432
 UDS_MAX_PACKET = 8192
 
@@ -44,7 +47,33 @@ class DogStatsdTransport:
         self.client.close_socket()
 
 
-class DatadogBackend(PushBackend):
+def origin_trailer(environ: Mapping[str, str]) -> str:
+    """The ``|c:`` and ``|e:`` fields DogStatsd itself appends after the tags."""
+    trailer = ""
+    detection = environ.get("DD_ORIGIN_DETECTION_ENABLED", "").strip().lower()
+    if detection not in ("no", "false", "0", "n", "off"):
+        try:
+            container_id = Cgroup().container_id
+        except Exception:  # not in a container, or cgroups unreadable: no field, as DogStatsd
+            container_id = None
+        if container_id:
+            trailer += f"|c:{container_id}"
+    external = environ.get("DD_EXTERNAL_ENV", "")
+    if external:
+        trailer += f"|e:{sanitize(external)}"
+    return trailer
+
+
+def environment_tags(client_tags: Iterable[str], environ: Mapping[str, str]) -> list[str]:
+    """DogStatsd's constant tags (DATADOG_TAGS, DD_* unified tags) plus DD_TAGS."""
+    tags = list(client_tags)
+    for tag in environ.get("DD_TAGS", "").replace(",", " ").split():
+        if tag not in tags:
+            tags.append(tag)
+    return tags
+
+
+class DatadogBackend(LinePushBackend):
     name = "datadog"
 
     def __init__(self, settings: DatadogSettings, common_labels: dict[str, str]) -> None:
@@ -55,53 +84,52 @@ class DatadogBackend(PushBackend):
             disable_buffering=True,
             disable_aggregation=True,
             disable_telemetry=True,
+            origin_detection_enabled=False,  # read below, for our own lines
         )
-        env_tags = [tag.partition(":") for tag in self.client.constant_tags]
+        tags = [
+            tag.partition(":") for tag in environment_tags(self.client.constant_tags, os.environ)
+        ]
         default_size = UDS_MAX_PACKET if self.client.socket_path else UDP_MAX_PACKET
-        buffer = LineBuffer(
-            DogStatsdTransport(self.client),
-            settings.max_packet_size or default_size,
-            settings.flush_interval_secs,
-            ignore_drops,
-            name=self.name,
-        )
+        warn_if_sampled(self.name, settings.sample_rate)
         super().__init__(
-            buffer,
+            Packer(
+                DogStatsdTransport(self.client),
+                settings.max_packet_size or default_size,
+                self.name,
+            ),
             prefix=settings.namespace,
             tags=(
                 *common_labels.items(),
                 *settings.constant_tags.items(),
-                *((key, value) for key, _, value in env_tags),
+                *((key, value) for key, _, value in tags),
             ),
             tag_format="dogstatsd",
             histogram_type=settings.histogram_type,
-            sample_rate=settings.sample_rate,
+            flush_interval=settings.flush_interval_secs,
+            trailer=origin_trailer(os.environ),
         )
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> DatadogBackend:
         return cls(config.datadog, dict(config.common_labels))
 
-    def gauge(self, spec: MetricSpec, label_values: tuple[str, ...]) -> GaugeOps:
-        template = self.template(spec, label_values)
-        add = self._buffer.add
-        lock = threading.Lock()
-        current = [0.0]
-
-        def set_gauge(value: float) -> None:
-            with lock:
-                current[0] = value
-                add(template % value)
-
-        def add_to_gauge(amount: float) -> None:
-            with lock:  # the line sent under the lock, so lines arrive in value order
-                value = current[0] + amount
-                if not -_INF < value < _INF:
-                    raise ValueOutOfRange(f"gauge {current[0]!r} + {amount!r} overflows")
-                current[0] = value
-                add(template % value)
-
-        return GaugeOps(set=set_gauge, add=add_to_gauge)
+    def histogram_lines(
+        self, series: SeriesFormat, metric_type: str, values: list[str], rate: str
+    ) -> Iterable[bytes]:
+        """``name:v1:v2:v3|h|@rate|#tags``, as many values per line as fit a packet."""
+        room = self._packer.max_line - len(series.line("", metric_type, rate))
+        lines = []
+        chunk: list[str] = []
+        size = -1  # no ":" before the first value
+        for value in values:
+            if chunk and size + 1 + len(value) > room:
+                lines.append(series.line(":".join(chunk), metric_type, rate))
+                chunk, size = [], -1
+            chunk.append(value)
+            size += 1 + len(value)
+        if chunk:
+            lines.append(series.line(":".join(chunk), metric_type, rate))
+        return lines
 
     def close(self) -> None:
         super().close()

@@ -74,40 +74,43 @@ def statsd_type(spec: MetricSpec, histogram_type: str) -> str:
     return histogram_type
 
 
-class LineTemplate:
-    """``%``-templates for one series, so recording is a single string format.
+def format_number(value: float) -> str:
+    """The shortest text that reads back as exactly ``value``: ``3``, ``12.3``, ``1e+21``."""
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
 
-    ``template % value`` gives ``name:<value>|type[|@rate][|#k:v,...]``; values are
-    formatted with ``%.17g``, enough digits to read back the exact double (``3``, ``0.25``,
-    ``1e+21``, ``0.10000000000000001``), or ``%+.17g`` when ``signed`` (StatsD gauge deltas:
-    ``+3``, ``-3``).
+
+def format_rate(rate: float) -> str:
+    """``|@rate`` for a sampled line, in plain decimals (the Etsy daemon reads no exponent),
+    or nothing when every value is sent."""
+    if rate >= 1:
+        return ""
+    return "|@" + f"{rate:.17f}".rstrip("0")
+
+
+class SeriesFormat:
+    """The fixed parts of one series' lines: ``<key>:`` and the tags after the type.
+
+    ``line("3", "c")`` gives ``key:3|c|#k:v``; with ``tag_format = "none"`` the label values
+    are folded into the key instead (``name.v1.v2:3|c``).
     """
 
-    __slots__ = ("key", "template")
+    __slots__ = ("head", "key", "tail")
 
     def __init__(
-        self,
-        name: str,
-        metric_type: str,
-        tags: Sequence[tuple[str, str]],
-        tag_format: str,
-        *,
-        sample_rate: float = 1.0,
-        signed: bool = False,
+        self, name: str, tags: Sequence[tuple[str, str]], tag_format: str, trailer: str = ""
     ) -> None:
-        rate = f"|@{sample_rate:g}" if sample_rate < 1 else ""
         if tag_format == "none":
-            parts = [name, *(sanitize(value, folded=True) for _, value in tags)]
-            key = ".".join(parts)
+            key = ".".join([name, *(sanitize(value, folded=True) for _, value in tags)])
             tag_text = ""
         else:
             key = name
             tag_text = "|#" + ",".join(f"{k}:{sanitize(v)}" for k, v in tags) if tags else ""
         #: the series key as the receiver sees it (name, or the folded name)
         self.key = key
-        number = "%+.17g" if signed else "%.17g"
-        suffix = f"|{metric_type}{rate}{tag_text}".replace("%", "%%")
-        self.template = key.replace("%", "%%") + ":" + number + suffix
+        self.head = key + ":"
+        self.tail = tag_text + trailer
 
-    def line(self, value: float) -> str:
-        return self.template % value
+    def line(self, values: str, metric_type: str, rate: str = "") -> bytes:
+        return f"{self.head}{values}|{metric_type}{rate}{self.tail}".encode()

@@ -1,4 +1,4 @@
-"""In-memory backend: keeps every value (and every observation) for tests to read back."""
+"""In-memory backend: every value (and every observation) for tests to read back."""
 
 from __future__ import annotations
 
@@ -6,16 +6,10 @@ from collections.abc import Mapping
 
 import attrs
 
-from metricsfacade.backends.store import (
-    CounterCell,
-    GaugeCell,
-    HistogramCell,
-    HistogramReading,
-    SeriesStore,
-    StoreBackend,
-)
+from metricsfacade.backends.base import Backend
 from metricsfacade.config import MetricsConfig
 from metricsfacade.spec import Kind
+from metricsfacade.store import CounterCell, GaugeCell, HistogramCell, HistogramReading
 
 
 @attrs.frozen
@@ -40,11 +34,12 @@ class Record:
         return f"{series} = {self.value:g}"
 
 
-class MemoryBackend(StoreBackend):
-    name = "memory"
+class MemoryBackend(Backend):
+    """Reads the facade's store, which keeps every histogram observation while this backend
+    is configured."""
 
-    def __init__(self) -> None:
-        super().__init__(SeriesStore(keep_values=True))
+    name = "memory"
+    keeps_values = True
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> MemoryBackend:
@@ -57,7 +52,7 @@ class MemoryBackend(StoreBackend):
             spec = stored.spec
             if name is not None and name not in (spec.name, spec.key):
                 continue
-            for label_values, cell in self.store.snapshot(stored):
+            for label_values, cell in self.store.series(stored):
                 labels = dict(zip(spec.label_names, label_values, strict=True))
                 if isinstance(cell, (CounterCell, GaugeCell)):
                     records.append(Record(spec.name, spec.kind, labels, value=cell.read()))

@@ -1,9 +1,10 @@
-"""Prometheus backend: series in this process, exposed through prometheus-client at scrape time.
+"""Prometheus backend: the facade's series, exposed through prometheus-client at scrape time.
 
-Values live in our own cells (see ``store``) rather than prometheus-client metric objects: the
-record path stays ours (validated, lock-cheap, bisect for buckets) and a custom collector turns
-the cells into metric families when scraped. prometheus-client still does the exposition
-formats, so the output is exactly what Prometheus and OpenMetrics parsers expect.
+Values live in the facade's cells (see ``metricsfacade.store``) rather than prometheus-client
+metric objects: the record path stays ours (validated, lock-cheap, bisect for buckets) and a
+custom collector turns the cells into metric families when scraped. prometheus-client still
+does the exposition formats, so the output is exactly what Prometheus and OpenMetrics
+parsers expect.
 """
 
 from __future__ import annotations
@@ -21,15 +22,10 @@ from prometheus_client.core import (
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
-from metricsfacade.backends.store import (
-    CounterCell,
-    GaugeCell,
-    HistogramCell,
-    SeriesStore,
-    StoreBackend,
-)
+from metricsfacade.backends.base import Backend
 from metricsfacade.config import MetricsConfig
 from metricsfacade.spec import Kind
+from metricsfacade.store import CounterCell, GaugeCell, HistogramCell, SeriesStore
 
 #: Formats a bucket bound the way Prometheus does ("0.005", "1e+06", "+Inf").
 _format_bound = cast(Callable[[float], str], floatToGoString)
@@ -66,7 +62,7 @@ class StoreCollector:
                 family = GaugeMetricFamily(spec.name, spec.help, labels=names)
             else:
                 family = HistogramMetricFamily(spec.name, spec.help, labels=names)
-            for label_values, cell in self._store.snapshot(stored):
+            for label_values, cell in self._store.series(stored):
                 values = (*self._common_values, *label_values)
                 if isinstance(cell, (CounterCell, GaugeCell)):
                     family.add_metric(values, cell.read())
@@ -77,23 +73,32 @@ class StoreCollector:
             yield family
 
 
-class PrometheusBackend(StoreBackend):
+class PrometheusBackend(Backend):
     name = "prometheus"
 
     def __init__(self, common_labels: dict[str, str], use_global_registry: bool = False) -> None:
-        super().__init__(SeriesStore())
-        self._collector = StoreCollector(self.store, common_labels)
+        self._common_labels = common_labels
+        self._collector: StoreCollector | None = None
+        self._before_collect: Callable[[], None] = _nothing
         self.registry: CollectorRegistry = (
             REGISTRY if use_global_registry else CollectorRegistry(auto_describe=False)
         )
-        self.registry.register(self._collector)
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> PrometheusBackend:
         return cls(dict(config.common_labels), config.prometheus.registry == "global")
 
+    def attach(self, store: SeriesStore) -> None:
+        super().attach(store)
+        self.close()  # a store swapped in replaces the previous one
+        self._collector = StoreCollector(store, self._common_labels)
+        self._collector.before_collect = self._before_collect
+        self.registry.register(self._collector)
+
     def set_collect_hook(self, hook: Callable[[], None]) -> None:
-        self._collector.before_collect = hook
+        self._before_collect = hook
+        if self._collector is not None:
+            self._collector.before_collect = hook
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The exposition in the format the Accept header asks for (text or OpenMetrics)."""
@@ -101,4 +106,6 @@ class PrometheusBackend(StoreBackend):
         return encoder(self.registry), content_type
 
     def close(self) -> None:
-        self.registry.unregister(self._collector)
+        if self._collector is not None:
+            self.registry.unregister(self._collector)
+            self._collector = None

@@ -1,103 +1,125 @@
-"""What the StatsD and Datadog backends share: series templates and a queue of lines.
+"""What the StatsD and Datadog backends share: turning a flush's changes into lines.
 
-Subclasses choose the transport, the tags and the gauge semantics (StatsD sends deltas,
-DogStatsD only absolute values); counters and histograms are the same line either way.
+Per flush, a counter series that grew is one ``name:INCREASE|c`` line and a gauge whose value
+changed is one absolute ``name:VALUE|g`` line. Histograms and timers (in milliseconds) send
+the observations sampled since the previous flush: all of them up to the sample limit, else a
+uniform sample with ``|@rate`` so the agent scales the count back to what was observed.
+Subclasses choose the transport, the tags and how several values share a line.
 """
 
 from __future__ import annotations
 
-import math
-import random
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterable, Sequence
 
-from metricsfacade.backends.base import Backend, RecordFn, ReportDrop, ValueOutOfRange
-from metricsfacade.backends.lines import LineTemplate, dotted_name, statsd_type
-from metricsfacade.backends.transport import DROP_REASONS, LineBuffer
+from metricsfacade.backends.base import PushBackend, ReportDrop
+from metricsfacade.backends.lines import (
+    SeriesFormat,
+    dotted_name,
+    format_number,
+    format_rate,
+    statsd_type,
+)
+from metricsfacade.backends.transport import DROP_REASONS, Packer
 from metricsfacade.spec import Kind, MetricSpec
+from metricsfacade.store import Changes
 
-_INF = math.inf
+logger = logging.getLogger("metricsfacade")
+#: the counter of undeliverable lines, labelled backend and reason
+UNDELIVERED = "metricsfacade_backend_dropped_total"
 
 
-class PushBackend(Backend):
-    """Counters ``c`` (sampled at ``sample_rate``), histograms and timers (in ms) as
-    ``histogram_type`` lines, all queued in ``buffer``."""
+class LinePushBackend(PushBackend):
+    """Formats changes as (Dog)StatsD lines and sends them through ``packer``."""
 
     drop_reasons = DROP_REASONS
 
     def __init__(
         self,
-        buffer: LineBuffer,
+        packer: Packer,
         *,
         prefix: str,
         tags: Sequence[tuple[str, str]],
         tag_format: str,
         histogram_type: str,
-        sample_rate: float,
+        flush_interval: float,
+        trailer: str = "",
     ) -> None:
-        self._buffer = buffer
+        self._packer = packer
         self._prefix = prefix
         self._tags = tuple(tags)
         self._tag_format = tag_format
         self._histogram_type = histogram_type
-        self._sample_rate = sample_rate
+        self._trailer = trailer
+        self.flush_interval = flush_interval
+        self._formats: dict[tuple[str, tuple[str, ...]], SeriesFormat] = {}
 
-    def template(self, spec: MetricSpec, values: tuple[str, ...], *, signed: bool = False) -> bytes:
-        """The ``%``-template of one series' lines (see ``lines.LineTemplate``)."""
-        rate = self._sample_rate if spec.kind is Kind.COUNTER else 1.0
-        return LineTemplate(
-            dotted_name(spec, self._prefix),
-            statsd_type(spec, self._histogram_type),
-            (*self._tags, *zip(spec.label_names, values, strict=True)),
-            self._tag_format,
-            sample_rate=rate,
-            signed=signed,
-        ).template.encode()
+    def series_format(self, spec: MetricSpec, label_values: tuple[str, ...]) -> SeriesFormat:
+        """The cached fixed parts of a series' lines."""
+        key = (spec.key, label_values)
+        found = self._formats.get(key)
+        if found is None:
+            found = SeriesFormat(
+                dotted_name(spec, self._prefix),
+                (*self._tags, *zip(spec.label_names, label_values, strict=True)),
+                self._tag_format,
+                self._trailer,
+            )
+            self._formats[key] = found
+        return found
 
-    def counter(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        template = self.template(spec, label_values)
-        add = self._buffer.add
-        rate = self._sample_rate
-        if rate >= 1:
-            one = template % 1  # inc() by 1 is the common case: its line is made once
+    def send(self, changes: Changes) -> None:
+        lines: list[bytes] = []
+        for spec, values, increase in changes.counters:
+            if spec.name == UNDELIVERED and values[0] == self.name:
+                continue  # a backend's own failures go to the others: sent here, they'd fail too
+            lines.append(self.series_format(spec, values).line(format_number(increase), "c"))
+        for spec, values, value in changes.gauges:
+            lines.append(self.gauge_line(self.series_format(spec, values), value))
+        for spec, values, samples in changes.histograms:
+            numbers = samples.values
+            if spec.kind is Kind.TIMER:  # the timer refuses durations that overflow in ms
+                numbers = [seconds * 1000.0 for seconds in numbers]
+            lines.extend(
+                self.histogram_lines(
+                    self.series_format(spec, values),
+                    statsd_type(spec, self._histogram_type),
+                    [format_number(number) for number in numbers],
+                    format_rate(samples.rate),
+                )
+            )
+        if lines:
+            self._packer.send(lines)
 
-            def inc(amount: float) -> None:
-                add(one if amount == 1 else template % amount)
+    def gauge_line(self, series: SeriesFormat, value: float) -> bytes:
+        """One gauge's absolute value."""
+        return series.line(format_number(value), "g")
 
-            return inc
-
-        def inc_sampled(amount: float) -> None:
-            if random.random() < rate:
-                add(template % amount)
-
-        return inc_sampled
-
-    def histogram(self, spec: MetricSpec, label_values: tuple[str, ...]) -> RecordFn:
-        template = self.template(spec, label_values)
-        add = self._buffer.add
-        if spec.kind is Kind.TIMER:
-
-            def observe_ms(seconds: float) -> None:
-                milliseconds = seconds * 1000.0
-                if not -_INF < milliseconds < _INF:  # only absurd durations overflow
-                    raise ValueOutOfRange(f"{seconds!r} s overflows in milliseconds")
-                add(template % milliseconds)
-
-            return observe_ms
-
-        def observe(value: float) -> None:
-            add(template % value)
-
-        return observe
+    def histogram_lines(
+        self, series: SeriesFormat, metric_type: str, values: list[str], rate: str
+    ) -> Iterable[bytes]:
+        """One line per value (StatsD); DogStatsD packs several values per line."""
+        return [series.line(value, metric_type, rate) for value in values]
 
     def set_drop_reporter(self, report_drop: ReportDrop) -> None:
-        self._buffer.set_report_drop(report_drop)
+        self._packer.report_drop = report_drop
 
-    def flush(self) -> None:
-        self._buffer.flush()
+    def reconnect(self) -> None:
+        self._packer.reset()
+
+    def close_by(self, deadline: float) -> None:
+        self._packer.deadline = deadline
 
     def close(self) -> None:
-        self._buffer.close()
+        self._packer.reset()
 
 
-def ignore_drops(reason: str, count: int) -> None:
-    """Until the facade attaches its reporter."""
+def warn_if_sampled(backend: str, sample_rate: float) -> None:
+    """``sample_rate`` no longer means anything: counters are summed, never sampled."""
+    if sample_rate < 1:
+        logger.warning(
+            "metricsfacade: [%s] sample_rate = %g is ignored: counters are summed in process "
+            "and sent once per flush, so none need sampling",
+            backend,
+            sample_rate,
+        )

@@ -1,10 +1,10 @@
-"""StatsD backend: lines built here, sent through the ``statsd`` package's sockets.
+"""StatsD backend: lines to a StatsD daemon over UDP, TCP or a Unix stream socket.
 
-The ``statsd`` package refuses tags and encodes as ASCII, so lines are built from per-series
-templates (see ``lines``) and buffered (see ``transport``); its clients still resolve the
-address and own the UDP, TCP or Unix socket. Types: counters ``c`` (with ``|@rate`` when
-sampled), gauges ``g`` (deltas as ``+N``/``-N``, a negative value as ``0`` then ``-N``),
-histograms and timers ``ms`` by default (timers in milliseconds).
+This backend owns its socket. The ``statsd`` package's clients cannot carry what is sent
+here: they encode ASCII only, have no tags, sample by dropping values at random instead of
+sending a weighted sample, and swallow send errors, which must be counted. Types: counters
+``c``, gauges ``g`` (absolute; a negative value as ``0`` then ``-N``, since ``-N|g`` alone is a
+delta), histograms and timers ``ms`` by default (timers in milliseconds).
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from __future__ import annotations
 import contextlib
 import socket
 
-import statsd
-
-from metricsfacade.backends.base import GaugeOps
-from metricsfacade.backends.push import PushBackend, ignore_drops
-from metricsfacade.backends.transport import LineBuffer
+from metricsfacade.backends.lines import SeriesFormat, format_number
+from metricsfacade.backends.push import LinePushBackend, warn_if_sampled
+from metricsfacade.backends.transport import Packer
 from metricsfacade.config import MetricsConfig, StatsdSettings
-from metricsfacade.spec import MetricSpec
 
 UDP_MAX_PACKET = 1432
 STREAM_MAX_PACKET = 8192
@@ -26,31 +23,37 @@ CONNECT_TIMEOUT_SECS = 2.0
 
 
 class UdpTransport:
+    """A connected UDP socket: it hears the ICMP "port unreachable" of an absent agent, so
+    the next send fails with ECONNREFUSED and the lines are counted, not lost unseen."""
+
     stream = False
 
     def __init__(self, host: str, port: int) -> None:
-        self._host, self._port = host, port
-        self._client: statsd.StatsClient | None = None
+        self._address = (host, port)
+        self._sock: socket.socket | None = None
 
     def send(self, payload: bytes) -> None:
-        if self._client is None:
-            client = statsd.StatsClient(self._host, self._port, ipv6=":" in self._host)
-            # Connected, the socket hears the ICMP "port unreachable" of an absent agent: the
-            # next send fails with ECONNREFUSED and the lines are counted, not lost unseen.
-            try:
-                client._sock.connect(client._addr)
-            except OSError:
-                client.close()
-                raise
-            self._client = client
-        # The client's own _send encodes ASCII and swallows errors; we need UTF-8 and to
-        # count failures, so its socket is used directly.
-        self._client._sock.send(payload)
+        sock = self._sock
+        if sock is None:
+            sock = self._sock = self._connect()
+        sock.send(payload)  # a local: reset() from another thread makes this fail, not crash
+
+    def _connect(self) -> socket.socket:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            *self._address, type=socket.SOCK_DGRAM
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.connect(address)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def reset(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            client.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
 
 
 class StreamTransport:
@@ -60,42 +63,39 @@ class StreamTransport:
 
     def __init__(self, settings: StatsdSettings) -> None:
         self.settings = settings
-        self._client: statsd.TCPStatsClient | statsd.UnixSocketStatsClient | None = None
+        self._sock: socket.socket | None = None
 
     def send(self, payload: bytes) -> None:
-        if self._client is None:
-            settings = self.settings
-            if settings.protocol == "tcp":
-                client: statsd.TCPStatsClient | statsd.UnixSocketStatsClient = (
-                    statsd.TCPStatsClient(
-                        settings.host,
-                        settings.port,
-                        timeout=CONNECT_TIMEOUT_SECS,
-                        ipv6=":" in settings.host,
-                    )
-                )
-            else:
-                assert settings.socket_path is not None
-                client = statsd.UnixSocketStatsClient(
-                    settings.socket_path, timeout=CONNECT_TIMEOUT_SECS
-                )
-            try:
-                client.connect()
-            except OSError:
-                client.close()  # the client made its socket before connecting
-                raise
-            self._client = client
-        self._client._sock.sendall(payload)
+        sock = self._sock
+        if sock is None:
+            sock = self._sock = self._connect()
+        sock.sendall(payload)  # a local: reset() from another thread makes this fail
+
+    def _connect(self) -> socket.socket:
+        settings = self.settings
+        if settings.protocol == "tcp":
+            return socket.create_connection(
+                (settings.host, settings.port), timeout=CONNECT_TIMEOUT_SECS
+            )
+        assert settings.socket_path is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(CONNECT_TIMEOUT_SECS)
+        try:
+            sock.connect(settings.socket_path)
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def reset(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and client._sock is not None:
-            with contextlib.suppress(OSError):  # wakes a flusher blocked in sendall()
-                client._sock.shutdown(socket.SHUT_RDWR)
-            client.close()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            with contextlib.suppress(OSError):  # wakes a send blocked in sendall()
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
 
 
-class StatsdBackend(PushBackend):
+class StatsdBackend(LinePushBackend):
     name = "statsd"
 
     def __init__(self, settings: StatsdSettings, common_labels: dict[str, str]) -> None:
@@ -106,41 +106,22 @@ class StatsdBackend(PushBackend):
         else:
             transport = StreamTransport(settings)
             default_size = STREAM_MAX_PACKET
-        buffer = LineBuffer(
-            transport,
-            settings.max_packet_size or default_size,
-            settings.flush_interval_secs,
-            ignore_drops,
-            name=self.name,
-        )
+        warn_if_sampled(self.name, settings.sample_rate)
         super().__init__(
-            buffer,
+            Packer(transport, settings.max_packet_size or default_size, self.name),
             prefix=settings.prefix,
             tags=tuple(common_labels.items()),
             tag_format=settings.tag_format,
             histogram_type=settings.histogram_type,
-            sample_rate=settings.sample_rate,
+            flush_interval=settings.flush_interval_secs,
         )
 
     @classmethod
     def from_config(cls, config: MetricsConfig) -> StatsdBackend:
         return cls(config.statsd, dict(config.common_labels))
 
-    def gauge(self, spec: MetricSpec, label_values: tuple[str, ...]) -> GaugeOps:
-        absolute = self.template(spec, label_values)
-        delta = self.template(spec, label_values, signed=True)
-        zero = absolute % 0
-        add = self._buffer.add
-
-        def set_gauge(value: float) -> None:
-            if value > 0:
-                add(absolute % value)
-            elif value == 0:  # -0.0 too: "-0|g" would be a delta of nothing
-                add(zero)
-            else:  # "-N|g" alone would be a delta: reset to 0 first, in one unit
-                add(zero + b"\n" + delta % value)
-
-        def add_to_gauge(amount: float) -> None:
-            add(delta % amount)
-
-        return GaugeOps(set=set_gauge, add=add_to_gauge)
+    def gauge_line(self, series: SeriesFormat, value: float) -> bytes:
+        if value >= 0:
+            return series.line(format_number(value + 0.0), "g")  # + 0.0: no "-0|g" delta
+        # "-N|g" alone would be a delta: reset to 0 first, in one packet
+        return series.line("0", "g") + b"\n" + series.line(format_number(value), "g")

@@ -9,7 +9,8 @@
 
 MetricsMock re-configures a facade (the global one unless given) with only the in-memory
 backend, keeping its other settings, so code that declared its metrics at import time records
-into it; it restores the previous configuration afterwards. Failures list everything that
+into it. It starts from empty series and, afterwards, restores the previous configuration
+and the values recorded before it, so a test's recordings never leak into the application's. Failures list everything that
 was recorded.
 """
 
@@ -26,6 +27,7 @@ from metricsfacade.backends.memory import MemoryBackend, Record
 from metricsfacade.config import MetricsConfig
 from metricsfacade.facade import Metrics
 from metricsfacade.spec import Kind
+from metricsfacade.store import SeriesStore
 
 __all__ = ["MetricsMock", "Record"]
 
@@ -35,6 +37,7 @@ class MetricsMock:
         self.facade = facade if facade is not None else get_metrics()
         self._strict = strict
         self._previous: MetricsConfig | None = None
+        self._previous_store: SeriesStore | None = None
 
     def __enter__(self) -> MetricsMock:
         self._previous = self.facade.config
@@ -46,10 +49,13 @@ class MetricsMock:
             port=None,
             strict=self._strict,
         )
+        self._previous_store = self.facade.swap_store(SeriesStore())
         self.facade.configure(testing, environ={})
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        assert self._previous_store is not None
+        self.facade.swap_store(self._previous_store)
         if self._previous is None:
             self.facade.close()
         else:

@@ -1,0 +1,118 @@
+"""The push flusher: one thread per facade hands the store's changes to every push backend.
+
+Every ``interval`` seconds (the shortest ``flush_interval_secs`` of the push backends), on
+``flush()``, at ``close()`` and at interpreter exit, the flusher takes what changed in the
+store since the previous flush and has each push backend send it. Taking changes reads each
+cell once, so two push backends cost no more on the record path than one. After
+``os.fork()`` the child gets a thread of its own and new sockets; the store's fork hook has
+already made the child's baseline its inherited values, so nothing is sent twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+
+from metricsfacade.backends.base import PushBackend
+from metricsfacade.store import SeriesStore
+
+logger = logging.getLogger("metricsfacade")
+#: how long close() lets a flush in progress go on before cutting its connections
+STUCK_SECS = 1.0
+
+
+class PushFlusher:
+    def __init__(
+        self,
+        store: SeriesStore,
+        backends: Sequence[PushBackend],
+        *,
+        fresh: bool,
+    ) -> None:
+        self._store = store
+        self._backends = tuple(backends)
+        self._interval = min(backend.flush_interval for backend in backends)
+        self._closed = False
+        if fresh:  # no push backend was configured: what was recorded until now is history
+            store.start_push_baseline()
+        self._start()
+        _FORKED.add(self)
+
+    def _start(self) -> None:
+        self._lock = threading.Lock()  # one flush at a time: the thread, flush(), close()
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="metricsfacade-push", daemon=True)
+        self._thread.start()
+
+    def use_store(self, store: SeriesStore) -> None:
+        """Take changes from ``store`` from now on (its history is not sent)."""
+        with self._lock:
+            store.start_push_baseline()
+            self._store = store
+
+    def flush(self) -> None:
+        """Send what changed since the previous flush, from the calling thread."""
+        with self._lock:
+            changes = self._store.take_changes()
+            if not changes:
+                return
+            for backend in self._backends:
+                try:
+                    backend.send(changes)
+                except Exception:  # a backend's bug must not stop the others or the thread
+                    logger.exception("metricsfacade: the %s backend failed to send", backend.name)
+
+    def close(self, timeout: float) -> None:
+        """Stop the thread and send what is left, giving up ``timeout`` seconds from now
+        (plus one send's socket timeout): lines left then are counted as ``closing``."""
+        if self._closed:
+            return
+        self._closed = True
+        deadline = time.monotonic() + timeout
+        for backend in self._backends:
+            backend.close_by(deadline)
+        self._wake.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(min(timeout, STUCK_SECS))
+            if self._thread.is_alive():  # sending to an agent that does not read: cut it off
+                for backend in self._backends:
+                    backend.close_by(time.monotonic())  # the rest of the flush is dropped
+                    backend.reconnect()
+                self._thread.join(max(0.0, deadline - time.monotonic()))
+        if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+            self._lock.release()
+            self.flush()
+
+    def _run(self) -> None:
+        while not self._wake.wait(self._interval):
+            try:
+                self.flush()
+            except Exception:
+                logger.exception("metricsfacade: a push flush failed")
+
+    def _after_fork_in_child(self) -> None:
+        for backend in self._backends:
+            backend.reconnect()  # the parent's connection is not the child's to use
+        if not self._closed:
+            self._start()
+
+
+class _ForkedFlushers:
+    def __init__(self) -> None:
+        self._flushers: weakref.WeakSet[PushFlusher] = weakref.WeakSet()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def add(self, flusher: PushFlusher) -> None:
+        self._flushers.add(flusher)
+
+    def _after_fork_in_child(self) -> None:
+        for flusher in list(self._flushers):
+            flusher._after_fork_in_child()
+
+
+_FORKED = _ForkedFlushers()
