@@ -139,7 +139,18 @@ class Samples:
 
 
 class HistogramCell:
-    __slots__ = ("_limit", "_lock", "_samples", "_seen", "bounds", "counts", "sum", "values")
+    __slots__ = (
+        "_limit",
+        "_lock",
+        "_next_replaced",
+        "_samples",
+        "_seen",
+        "_weight",
+        "bounds",
+        "counts",
+        "sum",
+        "values",
+    )
 
     def __init__(self, bounds: tuple[float, ...], keep_values: bool, sample_limit: int) -> None:
         self._lock = threading.Lock()
@@ -150,11 +161,24 @@ class HistogramCell:
         self.values: list[float] | None = [] if keep_values else None
         #: observations since the previous push flush: a reservoir of ``_limit`` (0: none)
         self._limit = sample_limit
+        self._start_reservoir()
+
+    def _start_reservoir(self) -> None:
         self._samples: list[float] = []
         self._seen = 0
+        self._weight = 1.0
+        self._next_replaced = 0  # set by _skip() once the reservoir is full
 
-    def observe(self, value: float) -> None:
-        value += 0.0  # a float (an int too large for one raises here, before any change)
+    def _skip(self) -> None:
+        """Reservoir sampling with geometric jumps (Li's algorithm L): a uniform sample of
+        everything observed, for the price of one comparison per observation that is not
+        kept, instead of one random number each."""
+        self._weight *= math.exp(math.log(_unit_random()) / self._limit)
+        jump = math.log(_unit_random()) / math.log1p(-self._weight) if self._weight < 1 else 0
+        self._next_replaced = self._seen + int(jump) + 1
+
+    def observe(self, observed: float) -> None:
+        value = observed + 0.0  # a float (an int too large for one raises, before any change)
         index = bisect_left(self.bounds, value)  # first bound >= value: Prometheus' `le`
         with self._lock:
             self.counts[index] += 1
@@ -163,12 +187,13 @@ class HistogramCell:
                 self._seen += 1
                 if self._seen <= self._limit:
                     self._samples.append(value)
-                else:  # reservoir sampling: every observation kept with equal chance
-                    slot = random.randrange(self._seen)
-                    if slot < self._limit:
-                        self._samples[slot] = value
+                    if self._seen == self._limit:
+                        self._skip()
+                elif self._seen == self._next_replaced:
+                    self._samples[random.randrange(self._limit)] = value
+                    self._skip()
             if self.values is not None:
-                self.values.append(value)
+                self.values.append(observed)  # as recorded: assertions show 3, not 3.0
 
     def read(self) -> HistogramReading:
         with self._lock:
@@ -182,7 +207,7 @@ class HistogramCell:
             if not self._seen:
                 return None
             samples = Samples(self._samples, self._seen)
-            self._samples, self._seen = [], 0
+            self._start_reservoir()
             return samples
 
     def configure(self, keep_values: bool, sample_limit: int) -> None:
@@ -193,11 +218,16 @@ class HistogramCell:
                 self.values = None
             if sample_limit != self._limit:
                 self._limit = sample_limit
-                self._samples, self._seen = [], 0
+                self._start_reservoir()
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._samples, self._seen = [], 0
+        self._start_reservoir()
+
+
+def _unit_random() -> float:
+    """A random number in (0, 1): never 0, whose log is -inf."""
+    return random.random() or 1e-300
 
 
 Cell = CounterCell | GaugeCell | HistogramCell

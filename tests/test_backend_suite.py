@@ -120,7 +120,8 @@ DOTTED = {
 
 
 def read_lines(lines: list[strict_statsd.Line], gauge_deltas: bool) -> Readout:
-    """Plain StatsD reads a signed gauge value as a delta; DogStatsD has no deltas."""
+    """Plain StatsD reads a signed gauge value as a delta; DogStatsD has no deltas but packs
+    several observations into one line."""
     readout = Readout()
     for line in lines:
         name, scale = DOTTED[line.name]
@@ -133,7 +134,7 @@ def read_lines(lines: list[strict_statsd.Line], gauge_deltas: bool) -> Readout:
             else:
                 readout.gauges[key] = line.value
         else:
-            readout.observations[key].append(line.value / scale)
+            readout.observations[key].extend(value / scale for value in line.all_values)
     for values in readout.observations.values():
         values.sort()
     return readout

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import urllib.request
 
 import pytest
 
@@ -317,9 +318,54 @@ def test_missing_extra_names_the_extra(monkeypatch):
 
 def test_a_backend_that_cannot_be_built_leaves_the_old_setup_recording(m, monkeypatch):
     counter = m.counter("demo_requests_total", "Requests")
-    monkeypatch.setitem(sys.modules, "datadog", None)
+    for module in ("datadog", "datadog.dogstatsd", "datadog.dogstatsd.base"):
+        monkeypatch.setitem(sys.modules, module, None)  # as if the extra were not installed
     monkeypatch.delitem(sys.modules, "metricsfacade.backends.datadog", raising=False)
     with pytest.raises(mf.MissingExtraError, match=r"metricsfacade\[datadog\]"):
         m.configure({"port": None, "backends": ["memory", "datadog"]}, environ={})
     counter.inc()
     assert m.backend("memory").value("demo_requests_total") == 1
+
+
+def scrape(facade: mf.Metrics) -> str:
+    with urllib.request.urlopen(f"{facade.endpoint_url}/metrics", timeout=5) as response:
+        return response.read().decode()
+
+
+def test_a_timer_decorating_a_function_before_configure_records_once_configured():
+    """The README's library example: a timer declared and applied at import time, the
+    facade configured later (it once kept its pre-configure no-op forever)."""
+    facade = mf.Metrics()
+    timer = facade.timer("x_seconds", "x", labels=["m"])
+
+    @timer.labels("a").time()
+    def timed() -> None:
+        pass
+
+    observe = timer.labels("b").observe  # a bound method kept by the user
+    try:
+        facade.configure({"port": 0}, environ={})
+        timed()
+        timed()
+        observe(0.5)
+        text = scrape(facade)
+        assert 'x_seconds_count{m="a"} 2.0' in text
+        assert 'x_seconds_count{m="b"} 1.0' in text
+    finally:
+        facade.close()
+
+
+def test_a_second_configure_keeps_counter_values_in_the_exposition():
+    facade = mf.Metrics({"port": 0}, environ={})
+    try:
+        facade.counter("keep_total", "k").inc(5)
+        assert "keep_total 5.0" in scrape(facade)
+        facade.configure({"port": 0, "common_labels": {}}, environ={})
+        assert "keep_total 5.0" in scrape(facade)
+        facade.counter("keep_total", "k").inc()
+        assert "keep_total 6.0" in scrape(facade)
+        facade.close()
+        facade.configure({"port": 0}, environ={})  # closed, then configured again
+        assert "keep_total 6.0" in scrape(facade)
+    finally:
+        facade.close()

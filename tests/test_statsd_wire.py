@@ -6,8 +6,8 @@ datagram socket), and every line received is checked by the strict parser in
 
 Reading is synchronised without sleeping: ``Wire.sync()`` flushes, records a sentinel gauge
 with a fresh value, flushes again, and reads datagrams until that line arrives; everything
-before it is what the test recorded. Tests that must see *nothing* arrive poll the socket with a short
-timeout instead.
+before it is what the test recorded. Tests that must see *nothing* arrive poll the socket
+with a short timeout instead.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 import math
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -742,7 +741,7 @@ def test_packets_are_full_and_never_split_a_line(wire, backend, max_packet_size)
     gauge = w.m.gauge("shadowcat_level", "h", labels=["n"])
     counters, gauges = [], []
     for index in range(400):
-        path = "%03d" % index + "p" * (index % 37)  # lines of varying length
+        path = f"{index:03d}" + "p" * (index % 37)  # lines of varying length
         counter.labels(path).inc(index + 1)
         counters.append(b"shadowcat.requests:%d|c|#path:%s" % (index + 1, path.encode()))
         if index % 50 == 0:

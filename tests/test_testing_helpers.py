@@ -90,3 +90,23 @@ def test_global_registry_option_serves_host_metrics_too():
         assert REGISTRY.get_sample_value("demo_requests_total") is None, "unregistered at close"
     finally:
         REGISTRY.unregister(host)
+
+
+def test_a_mock_starts_empty_and_leaves_the_applications_values_alone():
+    """Values survive a re-configure, but not into a mock: a test sees only its own
+    recordings, and the application's series afterwards hold only the application's."""
+    facade = mf.Metrics({"port": None, "backends": ["prometheus"]}, environ={})
+    try:
+        requests = facade.counter("demo_requests_total", "Requests")
+        requests.inc(5)
+        with MetricsMock(facade) as mock:
+            mock.assert_not_recorded("demo_requests_total")
+            requests.inc()
+            mock.assert_counter("demo_requests_total", {}, 1)
+        exposition = facade.backend("prometheus").render(None)[0].decode()
+        assert "demo_requests_total 5.0" in exposition
+        requests.inc()
+        exposition = facade.backend("prometheus").render(None)[0].decode()
+        assert "demo_requests_total 6.0" in exposition
+    finally:
+        facade.close()

@@ -10,8 +10,8 @@
 MetricsMock re-configures a facade (the global one unless given) with only the in-memory
 backend, keeping its other settings, so code that declared its metrics at import time records
 into it. It starts from empty series and, afterwards, restores the previous configuration
-and the values recorded before it, so a test's recordings never leak into the application's. Failures list everything that
-was recorded.
+and the values recorded before it, so a test's recordings never leak into the application's.
+Failures list everything that was recorded.
 """
 
 from __future__ import annotations
