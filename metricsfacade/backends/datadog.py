@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from datadog.dogstatsd.base import DogStatsd
 from datadog.dogstatsd.container import Cgroup
@@ -77,10 +78,17 @@ class DatadogBackend(LinePushBackend):
     name = "datadog"
 
     def __init__(self, settings: DatadogSettings, common_labels: dict[str, str]) -> None:
+        destination: dict[str, Any] = {  # unset ones are left to DogStatsd's DD_* variables
+            key: value
+            for key, value in (
+                ("host", settings.host),
+                ("port", settings.port),
+                ("socket_path", settings.socket_path),
+            )
+            if value is not None
+        }
         self.client = DogStatsd(
-            host=settings.host,
-            port=settings.port,
-            socket_path=settings.socket_path,
+            **destination,
             disable_buffering=True,
             disable_aggregation=True,
             disable_telemetry=True,
