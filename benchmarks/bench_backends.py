@@ -260,7 +260,7 @@ def run_row(row: str, receiver: Receiver, number: int) -> dict[str, float]:
         "caller_ns": figures["caller"] / (ops - 1000) * 1e9,
         "cpu_ns": figures["cpu"] / (ops - 1000) * 1e9,
         "lines": receiver.lines,
-        "lost": expected - arrived,
+        "lost": round(expected - arrived, 6) + 0.0,  # + 0.0: never print -0
         "malformed": receiver.malformed,
     }
 
