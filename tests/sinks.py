@@ -26,9 +26,10 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import pytest
+import strict_statsd
 
 #: Set to 1 to turn "tool not found, skipped" into a test failure.
 REQUIRE_ENV = "REQUIRE_REAL_SINKS"
@@ -387,6 +388,52 @@ STATSD_UDP_RECEIVE_BUFFER = 8 * 1024 * 1024
 UDP_DATAGRAM_BUFFER_COST = 2304
 
 
+#: A daemon backend for :func:`start_statsd_daemon` ``(totals=True)``. The management console
+#: shows no ``timer_counters`` (how many observations a timer's values stand for: each value
+#: of a ``|@rate`` line counts ``1/rate``), only the timer lists, which util.inspect cuts at
+#: 100 items. A backend gets them at every flush, as Graphite would (``stats.timers.*.count``):
+#: this one sums what every flush hands it and answers the console's ``stats`` command with
+#: ``totals_counters.<key>``, ``totals_timer_counts.<key>`` (sums over flushes) and
+#: ``totals_gauges.<key>`` (the last value), and ``totals.flushes``.
+TOTALS_BACKEND_JS = """\
+const counters = {}, timerCounts = {}, gauges = {};
+let flushes = 0;
+exports.init = function (startupTime, config, events) {
+  events.on('flush', function (timestamp, metrics) {
+    for (const key in metrics.counters) {
+      counters[key] = (counters[key] || 0) + metrics.counters[key];
+    }
+    for (const key in metrics.timer_counters) {
+      timerCounts[key] = (timerCounts[key] || 0) + metrics.timer_counters[key];
+    }
+    for (const key in metrics.gauges) {
+      gauges[key] = metrics.gauges[key];
+    }
+    flushes++;
+  });
+  events.on('status', function (write) {
+    write(null, 'totals', 'flushes', flushes);
+    for (const key in counters) { write(null, 'totals_counters', key, counters[key]); }
+    for (const key in timerCounts) { write(null, 'totals_timer_counts', key, timerCounts[key]); }
+    for (const key in gauges) { write(null, 'totals_gauges', key, gauges[key]); }
+  });
+  return true;
+};
+"""
+#: How often a ``totals`` daemon flushes to its totals backend.
+STATSD_TOTALS_FLUSH_INTERVAL_MS = 100
+
+
+class StatsdTotals(NamedTuple):
+    """What a ``totals`` daemon flushed since it started (see :data:`TOTALS_BACKEND_JS`).
+    The daemon's own ``statsd.*`` keys are left out of ``gauges`` (its ``timestamp_lag``)."""
+
+    counters: dict[str, float]
+    timer_counts: dict[str, float]
+    gauges: dict[str, float]
+    flushes: int
+
+
 def statsd_config(
     port: int, tcp_port: int, mgmt_port: int, udp_server: str = "./servers/udp"
 ) -> dict[str, Any]:
@@ -477,6 +524,51 @@ class StatsdDaemon:
         ``stats``, the same count as the ``statsd.bad_lines_seen`` counter except that a
         flush never resets it."""
         return int(mgmt(self, "stats")["messages.bad_lines_seen"])
+
+    def totals(self) -> StatsdTotals:
+        """What this daemon flushed so far; only for one started with ``totals=True``.
+        (Keys starting with ``last_`` would be mangled by the console: none are used.)"""
+        groups: dict[str, dict[str, float]] = {
+            "totals_counters": {},
+            "totals_timer_counts": {},
+            "totals_gauges": {},
+        }
+        flushes = -1
+        for key, text in mgmt(self, "stats").items():
+            group, _, name = key.partition(".")
+            if key == "totals.flushes":
+                flushes = int(text)
+            elif group in groups and not (group == "totals_gauges" and name.startswith("statsd.")):
+                groups[group][name] = float(text)
+        if flushes < 0:
+            raise AssertionError(f"not a totals daemon: no totals.flushes\n{self.diagnostics()}")
+        return StatsdTotals(
+            groups["totals_counters"],
+            groups["totals_timer_counts"],
+            groups["totals_gauges"],
+            flushes,
+        )
+
+    def wait_for_totals(
+        self, reached: Callable[[StatsdTotals], bool], timeout: float = STATSD_WAIT_SECS
+    ) -> StatsdTotals:
+        """Poll :meth:`totals` until ``reached(totals)`` holds and one more flush ran (so
+        nothing still in flight is missed), or ``timeout`` passes: return the last answer."""
+        deadline = time.monotonic() + timeout
+        while True:
+            totals = self.totals()
+            if reached(totals) or time.monotonic() >= deadline:
+                break
+            if self.process.poll() is not None:
+                raise AssertionError(f"the StatsD daemon exited\n{self.diagnostics()}")
+            time.sleep(STATSD_POLL_SECS)
+        settled = totals.flushes
+        while time.monotonic() < deadline + 1.0:
+            totals = self.totals()
+            if totals.flushes > settled + 1:
+                break
+            time.sleep(STATSD_POLL_SECS)
+        return totals
 
     @property
     def metrics_received(self) -> float:
@@ -582,12 +674,16 @@ def start_statsd_daemon(
     node: str | None = None,
     stats_js: Path | None = None,
     attempts: int = 3,
+    totals: bool = False,
 ) -> StatsdDaemon:
     """Start the Etsy StatsD daemon on free loopback ports and wait until its management
     console answers ``health`` and its UDP socket is bound. Files (config, log) go in
     ``workdir``. Without ``node``/``stats_js`` it finds them, skipping the test (failing it
     under REQUIRE_REAL_SINKS=1) when they are missing. Retries on other ports if one was
-    taken in the meantime."""
+    taken in the meantime. ``totals=True``: the daemon flushes every
+    ``STATSD_TOTALS_FLUSH_INTERVAL_MS`` to the totals backend only (read with
+    :meth:`StatsdDaemon.totals`), so its ``counters`` and ``timers`` answers are emptied at
+    every flush."""
     if node is None or stats_js is None:
         node, stats_js = require_statsd()
     package_dir = stats_js.parent
@@ -599,6 +695,11 @@ def start_statsd_daemon(
             continue
         config_path = workdir / f"statsd-{attempt}.js"
         config = statsd_config(port, tcp_port, mgmt_port, udp_server=str(udp_server))
+        if totals:
+            totals_js = workdir / "totals_backend.js"
+            totals_js.write_text(TOTALS_BACKEND_JS)
+            config["backends"] = [str(totals_js)]
+            config["flushInterval"] = STATSD_TOTALS_FLUSH_INTERVAL_MS
         # JSON is a JavaScript object literal: the daemon evals the file.
         config_path.write_text(json.dumps(config, indent=2))
         log_path = workdir / f"statsd-{attempt}.log"
@@ -897,3 +998,67 @@ class StderrLog:
     def text(self) -> str:
         with self._changed:
             return "\n".join(self._lines) or "(empty)"
+
+
+# -- a plain UDP socket as a (Dog)StatsD agent --------------------------------------------------
+
+
+class UdpLineSink:
+    """A UDP socket on 127.0.0.1 that keeps every datagram (with its source address), read
+    by a thread of its own; :meth:`lines` parses them with the strict parser
+    (``strict_statsd``), so a malformed line fails the test. Asks for an 8 MB receive buffer
+    (capped by ``net.core.rmem_max``); :meth:`drops` tells whether the kernel dropped any.
+    Always ``close()`` it."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STATSD_UDP_RECEIVE_BUFFER)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(0.05)
+        self.host = "127.0.0.1"
+        self.port = int(self.sock.getsockname()[1])
+        self._datagrams: list[tuple[bytes, Any]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="udp-line-sink", daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            try:
+                received = self.sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self._datagrams.append(received)
+
+    def datagrams(self) -> list[tuple[bytes, Any]]:
+        """``(payload, source address)`` of every datagram so far, in arrival order."""
+        with self._lock:
+            return list(self._datagrams)
+
+    def lines(self) -> list[Any]:
+        """Every line so far (``strict_statsd.Line``), in arrival order."""
+        return [line for data, _ in self.datagrams() for line in strict_statsd.parse_datagram(data)]
+
+    def wait(
+        self, predicate: Callable[[list[Any]], bool], timeout: float = STATSD_WAIT_SECS
+    ) -> list[Any]:
+        """Poll until ``predicate(self.lines())`` holds, then read for another 0.1 s (so
+        strays and duplicates show); after ``timeout`` s return the lines anyway."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.lines()) and time.monotonic() < deadline:
+            time.sleep(STATSD_POLL_SECS)
+        time.sleep(0.1)
+        return self.lines()
+
+    def drops(self) -> int | None:
+        """Datagrams the kernel dropped for this socket (see :func:`udp_socket_drops`)."""
+        return udp_socket_drops(self.port)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sock.close()
