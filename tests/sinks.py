@@ -1010,10 +1010,10 @@ class UdpLineSink:
     (capped by ``net.core.rmem_max``); :meth:`drops` tells whether the kernel dropped any.
     Always ``close()`` it."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, STATSD_UDP_RECEIVE_BUFFER)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.sock.settimeout(0.05)
         self.host = "127.0.0.1"
         self.port = int(self.sock.getsockname()[1])
@@ -1044,14 +1044,17 @@ class UdpLineSink:
         return [line for data, _ in self.datagrams() for line in strict_statsd.parse_datagram(data)]
 
     def wait(
-        self, predicate: Callable[[list[Any]], bool], timeout: float = STATSD_WAIT_SECS
+        self,
+        predicate: Callable[[list[Any]], bool],
+        timeout: float = STATSD_WAIT_SECS,
+        settle: float = 0.1,
     ) -> list[Any]:
-        """Poll until ``predicate(self.lines())`` holds, then read for another 0.1 s (so
-        strays and duplicates show); after ``timeout`` s return the lines anyway."""
+        """Poll until ``predicate(self.lines())`` holds, then read for another ``settle`` s
+        (so strays and duplicates show); after ``timeout`` s return the lines anyway."""
         deadline = time.monotonic() + timeout
         while not predicate(self.lines()) and time.monotonic() < deadline:
             time.sleep(STATSD_POLL_SECS)
-        time.sleep(0.1)
+        time.sleep(settle)
         return self.lines()
 
     def drops(self) -> int | None:
