@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 from metricsfacade import get_metrics
-from metricsfacade.errors import DeclarationError
+from metricsfacade.errors import DeclarationError, RecordError
 from metricsfacade.facade import Metrics
 from metricsfacade.handles import Counter, Gauge, Histogram, MetricHandle
 
@@ -58,31 +58,50 @@ class CustomMetrics:
 
     def record(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         """Observe ``value`` in histogram ``name``, declaring it on first use."""
-        handle = self._by_name.get(name) or self._on_first_use(name, Histogram, labels)
-        if isinstance(handle, Histogram):
-            (handle.labels(**labels) if labels else handle).observe(value)
-        elif handle is not None:
-            self._conflict(name, "a histogram", handle)
+        series = self._series(name, Histogram, "a histogram", labels)
+        if series is not None:
+            series.observe(value)
 
     def increment(
         self, name: str, amount: float = 1, labels: Mapping[str, str] | None = None
     ) -> None:
         """Add ``amount`` to counter ``name``, declaring it on first use."""
-        handle = self._by_name.get(name) or self._on_first_use(name, Counter, labels)
-        if isinstance(handle, Counter):
-            (handle.labels(**labels) if labels else handle).inc(amount)
-        elif handle is not None:
-            self._conflict(name, "a counter", handle)
+        series = self._series(name, Counter, "a counter", labels)
+        if series is not None:
+            series.inc(amount)
 
     def set_gauge(self, name: str, value: float, labels: Mapping[str, str] | None = None) -> None:
         """Set gauge ``name``, declaring it on first use."""
-        handle = self._by_name.get(name) or self._on_first_use(name, Gauge, labels)
-        if isinstance(handle, Gauge):
-            (handle.labels(**labels) if labels else handle).set(value)
-        elif handle is not None:
-            self._conflict(name, "a gauge", handle)
+        series = self._series(name, Gauge, "a gauge", labels)
+        if series is not None:
+            series.set(value)
 
     # -- internals ---------------------------------------------------------------------------
+
+    def _series(
+        self,
+        name: str,
+        kind: type[MetricHandle[Any]],
+        wanted: str,
+        labels: Mapping[str, str] | None,
+    ) -> Any:
+        """The handle or child to record to, or None once the problem is counted: a name
+        that is not a string, labels that are not a mapping of names, a kind conflict."""
+        try:
+            handle = self._by_name.get(name) or self._on_first_use(name, kind, labels)
+            if handle is None:
+                return None
+            if not isinstance(handle, kind):
+                self._conflict(name, wanted, handle)
+                return None
+            return handle.labels(**labels) if labels else handle
+        except RecordError:
+            raise  # strict mode
+        except Exception as exc:
+            self.facade.reject_recording(
+                CUSTOM, "invalid_recording", f"recording {name!r} failed: {exc!r}"
+            )
+            return None
 
     def _remember(self, name: str, handle: H) -> H:
         with self._lock:

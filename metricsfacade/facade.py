@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,10 +18,11 @@ from typing import Any, Protocol, TypeVar
 
 import attrs
 
-from metricsfacade import shutdown
+from metricsfacade import forking, shutdown
 from metricsfacade.backends import create_backends
 from metricsfacade.backends.base import Backend, PushBackend
 from metricsfacade.backends.flusher import PushFlusher
+from metricsfacade.backends.lines import dotted_name
 from metricsfacade.config import ConfigSource, CustomMetric, MetricsConfig, load_config
 from metricsfacade.endpoint import Endpoint
 from metricsfacade.errors import DeclarationError, RecordError
@@ -38,8 +40,8 @@ from metricsfacade.handles import (
     _noop,
 )
 from metricsfacade.readiness import ReadinessCheck, ReadinessChecks
-from metricsfacade.spec import DEFAULT_BUCKETS, Kind, MetricSpec, make_spec
-from metricsfacade.store import SeriesStore
+from metricsfacade.spec import DEFAULT_BUCKETS, Kind, MetricSpec, make_spec, text_safe
+from metricsfacade.store import NegativeObservation, SeriesStore
 
 logger = logging.getLogger("metricsfacade")
 
@@ -63,6 +65,9 @@ class Metrics:
     ) -> None:
         self._lock = threading.RLock()
         self._handles: dict[str, MetricHandle[Any]] = {}
+        #: exposition names and StatsD names taken, for the clash checks of declarations
+        self._exposed: dict[str, MetricSpec] = {}
+        self._dotted: dict[str, MetricSpec] = {}
         self._config: MetricsConfig | None = None
         self._backends: tuple[Backend, ...] = ()
         self._store = SeriesStore()
@@ -76,6 +81,7 @@ class Metrics:
         self._exit_hook_registered = False
         self._services: list[Service] = []
         self._collect_hooks: list[Callable[[], None]] = []
+        forking.LOCKS.add(self)
         self._dropped = self._internal_counter(
             "metricsfacade_dropped_total",
             "Recordings dropped because they were invalid or a backend failed",
@@ -88,7 +94,7 @@ class Metrics:
         )
         self._undelivered = self._internal_counter(
             "metricsfacade_backend_dropped_total",
-            "Lines a push backend could not deliver (agent down, queue full, too long)",
+            "Lines a push backend could not deliver (agent down, too long, closing)",
             ["backend", "reason"],
         )
         if config is not None:
@@ -163,6 +169,8 @@ class Metrics:
 
     def find(self, name: str) -> MetricHandle[Any] | None:
         """The metric declared under ``name`` (a counter also as ``name`` + ``_total``)."""
+        if not isinstance(name, str):
+            return None
         handle = self._handles.get(name)
         if handle is None and name.endswith("_total"):
             handle = self._handles.get(name[: -len("_total")])
@@ -186,6 +194,11 @@ class Metrics:
     def add_collect_hook(self, hook: Callable[[], None]) -> None:
         """Call ``hook`` just before every Prometheus scrape, so pulled values are fresh."""
         self._collect_hooks.append(hook)
+
+    def flushing_thread(self) -> int | None:
+        """The ident of the thread flushing the push backends right now, if any."""
+        flusher = self._flusher
+        return flusher.flushing_thread if flusher is not None else None
 
     def swap_store(self, store: SeriesStore) -> SeriesStore:
         """Record into ``store`` from now on and return the previous one (for test helpers
@@ -267,7 +280,7 @@ class Metrics:
                 )
             if self._config is not None:
                 _check_common_labels(spec, self._config)
-            self._check_exposed_names(spec)
+            self._claim_names(spec)
             handle = handle_type(self, spec)
             self._handles[spec.key] = handle
             if spec.label_names:
@@ -278,17 +291,27 @@ class Metrics:
                 handle._unlabeled = self._child_for(handle, (), {})
             return handle
 
-    def _check_exposed_names(self, spec: MetricSpec) -> None:
-        """A gauge ``x_total`` or ``x_count`` would clash in the exposition with the samples
-        of a counter or histogram ``x``: refuse it at declaration."""
+    def _claim_names(self, spec: MetricSpec) -> None:
+        """Refuse a metric whose names clash with another's: in the exposition (a gauge
+        ``x_count`` beside a histogram ``x``) or as a StatsD/Datadog name (``a_b`` and
+        ``a:b`` are both ``a.b``). A dict lookup per name, so declaring stays O(1)."""
         names = spec.exposed_names
-        for other in self._handles.values():
-            clash = names & other.spec.exposed_names
-            if clash:
+        dotted = dotted_name(spec)
+        for name in sorted(names):
+            other = self._exposed.get(name)
+            if other is not None:
                 raise DeclarationError(
-                    f"{spec.describe()} would expose {sorted(clash)[0]!r}, which "
-                    f"{other.spec.describe()} already exposes"
+                    f"{spec.describe()} would expose {name!r}, which "
+                    f"{other.describe()} already exposes"
                 )
+        other = self._dotted.get(dotted)
+        if other is not None:
+            raise DeclarationError(
+                f"{spec.describe()} would be {dotted!r} on StatsD and Datadog, as "
+                f"{other.describe()} is"
+            )
+        self._exposed.update(dict.fromkeys(names, spec))
+        self._dotted[dotted] = spec
 
     # -- binding ---------------------------------------------------------------------------
 
@@ -352,25 +375,27 @@ class Metrics:
             )
         try:
             hash(values)
-        except TypeError:
+            normalized = tuple(text_safe(v if type(v) is str else str(v)) for v in values)
+        except Exception as exc:  # unhashable, or a __hash__ or __str__ that raises
             return self._bad_labels(
-                handle, "invalid_label_value", f"unhashable label value in {values!r}"
+                handle, "invalid_label_value", f"a label value is unusable: {exc!r}"
             )
-        normalized = tuple(value if type(value) is str else str(value) for value in values)
-        with self._lock:
-            child = handle.series.get(normalized)
-            if child is None:
-                if not handle.spec.internal and self._series_count >= self._limit:
-                    return self._overflow_child(handle)
-                child = handle.child_type(handle, normalized)
-                self._wire(handle, child)
-                handle.series[normalized] = child
-                if not handle.spec.internal:
-                    self._series_count += 1
-            handle._children[normalized] = child
-            if all(type(value) in (str, int) for value in values):
-                handle._children[values] = child  # e.g. status=200: cache the int form too
-            return child
+        child = handle.series.get(normalized)  # a dict read: no lock needed
+        if child is None:
+            with self._lock:
+                child = handle.series.get(normalized)
+                if child is None:
+                    if not handle.spec.internal and self._series_count >= self._limit:
+                        return self._overflow_child(handle)
+                    child = handle.child_type(handle, normalized)
+                    self._wire(handle, child)
+                    handle.series[normalized] = child
+                    if not handle.spec.internal:
+                        self._series_count += 1
+        if all(type(value) is str for value in values):
+            # Only str keys in the cache: 1, True and 1.0 are equal keys but three series.
+            handle._children[values] = child
+        return child
 
     def _overflow_child(self, handle: MetricHandle[Any]) -> Any:
         """The one series per metric that new label sets fold into past the limit. Never cached
@@ -456,6 +481,8 @@ class Metrics:
         """Recording raised: a value that is not a number, or a fault in the store."""
         if isinstance(exc, OverflowError):
             self._reject(handle, "out_of_range", str(exc))
+        elif isinstance(exc, NegativeObservation):
+            self._reject(handle, "negative_value", str(exc))
         elif isinstance(value, (int, float)):
             self._backend_failed(handle, "store", exc)
         else:
@@ -567,10 +594,16 @@ class Metrics:
             self._bind(handle)
 
     def _register_exit_hook(self) -> None:
-        """Flush push backends at interpreter exit; a weak reference lets the facade die."""
+        """Flush push backends at interpreter exit, and at the end of a multiprocessing
+        child, which leaves with ``os._exit`` (no atexit): its finalizers still run. Weak
+        references let the facade die."""
         if not self._exit_hook_registered:
             self._exit_hook_registered = True
             atexit.register(_close_at_exit, weakref.ref(self))
+            multiprocessing.util.register_after_fork(self, _flush_when_child_exits)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.RLock()
 
 
 def _retire(backends: tuple[Backend, ...], flusher: PushFlusher | None) -> None:
@@ -585,6 +618,11 @@ def _retire(backends: tuple[Backend, ...], flusher: PushFlusher | None) -> None:
             backend.close()
         except Exception:
             logger.exception("metricsfacade: closing the %s backend failed", backend.name)
+
+
+def _flush_when_child_exits(facade: Metrics) -> None:
+    """In a multiprocessing child (fork): flush when its process ends."""
+    multiprocessing.util.Finalize(facade, facade.flush, exitpriority=0)
 
 
 def _close_at_exit(facade_ref: weakref.ref[Metrics]) -> None:

@@ -185,7 +185,7 @@ class MetricHandle(Generic[ChildT]):
         self._facade = facade
         self._label_count = len(spec.label_names)
         self._keyword_key = _keyword_key(spec.label_names)
-        #: label values as callers pass them -> child. Read without a lock.
+        #: label values as callers pass them, when all are str -> child. Read without a lock.
         self._children: dict[tuple[object, ...], ChildT] = {}
         #: normalized label values (strings) -> child: the real series.
         self.series: dict[tuple[str, ...], ChildT] = {}
@@ -194,8 +194,12 @@ class MetricHandle(Generic[ChildT]):
         #: what calls on the metric itself record to (set by the facade).
         self._unlabeled: ChildT
 
-    def labels(self, *values: object, **by_name: object) -> ChildT:
-        """The child for these label values, by position (declared order) or by name."""
+    def labels(self, /, *values: object, **by_name: object) -> ChildT:
+        """The child for these label values, by position (declared order) or by name.
+
+        ``self`` is positional-only, so a label may be called ``self`` too. Values are keyed
+        by their ``str()``: ``1``, ``"1"`` are one series, ``True`` and ``1.0`` others.
+        """
         if by_name:
             if values or len(by_name) != self._label_count:
                 return cast(ChildT, self._facade._child_for(self, values, by_name))
@@ -204,8 +208,8 @@ class MetricHandle(Generic[ChildT]):
             except KeyError:
                 return cast(ChildT, self._facade._child_for(self, (), by_name))
         try:
-            child = self._children.get(values)
-        except TypeError:  # an unhashable label value
+            child = self._children.get(values)  # only all-str label sets are cached here
+        except Exception:  # an unhashable label value, or one whose __hash__ raises
             child = None
         if child is None:
             return cast(ChildT, self._facade._child_for(self, values, {}))

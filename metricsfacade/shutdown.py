@@ -27,6 +27,7 @@ import _thread
 import logging
 import os
 import signal
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -51,6 +52,8 @@ class _SigtermFlush:
         self.watched: weakref.WeakSet[Metrics] = weakref.WeakSet()
         self.installed = False
         self.previous: Handler | None = None  # None: SIGTERM had its default action
+        #: a SIGTERM that arrived while the main thread was flushing, handled after it
+        self.deferred: tuple[int, FrameType | None] | None = None
 
     def install(self) -> None:
         """Take over SIGTERM once, unless it is ignored or out of reach."""
@@ -68,7 +71,16 @@ class _SigtermFlush:
         self.previous = current if callable(current) else None
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
-        """Flush, then die of SIGTERM or pass it on to the application's handler."""
+        """Flush, then die of SIGTERM or pass it on to the application's handler.
+
+        When the signal interrupts a flush running in this (the main) thread, that flush
+        holds what it took from the store: the handler defers to it, and the flush calls
+        :func:`resume_deferred` when done.
+        """
+        me = threading.get_ident()
+        if any(facade.flushing_thread() == me for facade in self.watched):
+            self.deferred = (signum, frame)
+            return
         previous = self.previous
         if previous is None:  # a second SIGTERM during the flush kills at once, as usual
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -80,6 +92,14 @@ class _SigtermFlush:
 
 
 _STATE = _SigtermFlush()
+
+
+def resume_deferred() -> None:
+    """Called after every flush: handle a SIGTERM that arrived during it, in this thread."""
+    deferred = _STATE.deferred
+    if deferred is not None and threading.get_ident() == threading.main_thread().ident:
+        _STATE.deferred = None
+        _STATE.handle(*deferred)
 
 
 def watch(facade: Metrics) -> None:

@@ -102,12 +102,28 @@ def make_spec(
         raise DeclarationError(
             f"metric {name!r}: labels must be a list of names, not the string {labels!r}"
         )
-    label_names = tuple(labels or ())
+    try:
+        label_names = tuple(labels or ())
+    except TypeError:
+        raise DeclarationError(
+            f"metric {name!r}: labels must be a list of names, got {labels!r}"
+        ) from None
     validate_label_names(name, label_names, kind)
     if buckets is not None and not kind.has_buckets:
         raise DeclarationError(f"metric {name!r}: only histograms and timers take buckets")
     bucket_tuple = validate_buckets(name, buckets) if buckets is not None else None
-    return MetricSpec(name, help, kind, label_names, bucket_tuple, internal)
+    return MetricSpec(name, text_safe(help), kind, label_names, bucket_tuple, internal)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_safe(text: str) -> str:
+    """``text`` with every lone surrogate (what ``os.fsdecode`` makes of undecodable bytes)
+    replaced by U+FFFD, so it encodes as UTF-8 in every exposition and line."""
+    if text.isascii():
+        return text
+    return _SURROGATE.sub("\ufffd", text)
 
 
 def validate_metric_name(name: object) -> None:

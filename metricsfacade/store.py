@@ -15,15 +15,14 @@ the parent recorded is sent twice.
 from __future__ import annotations
 
 import math
-import os
 import random
 import threading
-import weakref
 from bisect import bisect_left
 from collections.abc import Iterator
 
 import attrs
 
+from metricsfacade import forking
 from metricsfacade.spec import Kind, MetricSpec
 
 _INF = math.inf
@@ -138,8 +137,14 @@ class Samples:
         return len(self.values) / self.seen if self.seen else 1.0
 
 
+class NegativeObservation(ValueError):
+    """A negative value for a histogram whose buckets are all >= 0 (such a histogram's sum
+    must never go negative: OpenMetrics readers refuse the whole scrape)."""
+
+
 class HistogramCell:
     __slots__ = (
+        "_floor",
         "_limit",
         "_lock",
         "_next_replaced",
@@ -155,6 +160,7 @@ class HistogramCell:
     def __init__(self, bounds: tuple[float, ...], keep_values: bool, sample_limit: int) -> None:
         self._lock = threading.Lock()
         self.bounds = bounds
+        self._floor = 0.0 if bounds[0] >= 0 else -_INF
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         #: every observation, for the memory backend's assertions
@@ -179,6 +185,8 @@ class HistogramCell:
 
     def observe(self, observed: float) -> None:
         value = observed + 0.0  # a float (an int too large for one raises, before any change)
+        if value < self._floor:
+            raise NegativeObservation(f"{observed!r} < 0, and the lowest bucket is >= 0")
         index = bisect_left(self.bounds, value)  # first bound >= value: Prometheus' `le`
         with self._lock:
             self.counts[index] += 1
@@ -265,7 +273,7 @@ class SeriesStore:
         self._metrics: dict[str, StoredMetric] = {}
         self._keep_values = False
         self._sample_limit = 0
-        _FORKED.add(self)
+        forking.LOCKS.add(self)
 
     def configure(self, *, keep_values: bool, sample_limit: int) -> None:
         """Keep every observation (memory backend) and/or a sample per push flush."""
@@ -349,27 +357,8 @@ class SeriesStore:
             else:
                 cell.take_samples()
 
-    def _after_fork(self) -> None:
+    def _after_fork_in_child(self) -> None:
         self._lock = threading.Lock()
         for stored in self._metrics.values():
             for cell in stored.series.values():
                 cell._after_fork()
-
-
-class _ForkedStores:
-    """Live stores, made safe in a forked child by one hook registered once."""
-
-    def __init__(self) -> None:
-        self._stores: weakref.WeakSet[SeriesStore] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-
-    def add(self, store: SeriesStore) -> None:
-        self._stores.add(store)
-
-    def _after_fork_in_child(self) -> None:
-        for store in list(self._stores):
-            store._after_fork()
-
-
-_FORKED = _ForkedStores()

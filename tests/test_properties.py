@@ -70,8 +70,7 @@ def test_memory_and_prometheus_exposition_agree(operations):
                     bucket_labels = tuple(sorted((*labels, ("le", le))))
                     assert exposed[("p_size_bucket", bucket_labels)] == cumulative
             else:
-                name = record.name if record.kind is Kind.GAUGE else "p_requests_total"
-                exposed_value = exposed[(name, labels)]
+                exposed_value = exposed[(record.name, labels)]  # counters end in _total
                 assert math.isclose(exposed_value, record.value, rel_tol=1e-9, abs_tol=1e-6)
 
 

@@ -524,7 +524,8 @@ def test_largest_finite_values_are_sent_readably(wire, backend):
     biggest = sys.float_info.max
     w.m.counter("shadowcat_requests_total", "h").inc(biggest)
     w.m.gauge("shadowcat_level", "h").set(biggest)
-    w.m.histogram("shadowcat_payload_size", "h").observe(-biggest)
+    # a negative bucket: such a histogram takes negative observations
+    w.m.histogram("shadowcat_payload_size", "h", buckets=[-1, 0]).observe(-biggest)
     lines = [strict(line) for line in w.sync()]
     assert [line.name for line in lines] == [
         "shadowcat.requests",
@@ -637,7 +638,7 @@ def test_datadog_packs_observations_into_multi_value_lines(wire):
     """DogStatsD protocol 1.1: the observations of a flush share one line per series, as
     many as fit a packet; the shortest text that reads back as the same float."""
     w = wire("datadog", max_packet_size=200)
-    histogram = w.m.histogram("shadowcat_payload_size", "h", labels=["k"])
+    histogram = w.m.histogram("shadowcat_payload_size", "h", labels=["k"], buckets=[-1, 0, 10])
     for value in (7, 12.3, -0.5):
         histogram.labels("a").observe(value)
     assert w.sync() == [b"shadowcat.payload_size:7:12.3:-0.5|h|#k:a"]
@@ -941,8 +942,9 @@ class SharedWire(Wire):
         super().__init__(*args, **kwargs)
         self.counter = self.m.counter("prop_events_total", "h", labels=["a", "b"])
         self.gauge = self.m.gauge("prop_level", "h", labels=["a", "b"])
-        self.histogram = self.m.histogram("prop_size", "h", labels=["a", "b"])
-        self.timer = self.m.timer("prop_latency_seconds", "h", labels=["a", "b"])
+        # negative buckets: both take the negative values the examples hold
+        self.histogram = self.m.histogram("prop_size", "h", labels=["a", "b"], buckets=[-1, 1])
+        self.timer = self.m.timer("prop_latency_seconds", "h", labels=["a", "b"], buckets=[-1, 1])
 
 
 @pytest.fixture(scope="module", params=list(CONFIGS))

@@ -11,12 +11,11 @@ already made the child's baseline its inherited values, so nothing is sent twice
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Sequence
 
+from metricsfacade import forking, shutdown
 from metricsfacade.backends.base import PushBackend
 from metricsfacade.store import SeriesStore
 
@@ -40,10 +39,12 @@ class PushFlusher:
         if fresh:  # no push backend was configured: what was recorded until now is history
             store.start_push_baseline()
         self._start()
-        _FORKED.add(self)
+        forking.THREADS.add(self)
 
     def _start(self) -> None:
         self._lock = threading.Lock()  # one flush at a time: the thread, flush(), close()
+        #: the thread inside flush(), which a SIGTERM handler must not wait for
+        self.flushing_thread: int | None = None
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="metricsfacade-push", daemon=True)
         self._thread.start()
@@ -57,14 +58,19 @@ class PushFlusher:
     def flush(self) -> None:
         """Send what changed since the previous flush, from the calling thread."""
         with self._lock:
-            changes = self._store.take_changes()
-            if not changes:
-                return
-            for backend in self._backends:
-                try:
-                    backend.send(changes)
-                except Exception:  # a backend's bug must not stop the others or the thread
-                    logger.exception("metricsfacade: the %s backend failed to send", backend.name)
+            self.flushing_thread = threading.get_ident()
+            try:
+                changes = self._store.take_changes()
+                for backend in self._backends if changes else ():
+                    try:
+                        backend.send(changes)
+                    except Exception:  # a backend's bug must not stop the others
+                        logger.exception(
+                            "metricsfacade: the %s backend failed to send", backend.name
+                        )
+            finally:
+                self.flushing_thread = None
+        shutdown.resume_deferred()  # a SIGTERM that arrived during this flush goes on now
 
     def close(self, timeout: float) -> None:
         """Stop the thread and send what is left, giving up ``timeout`` seconds from now
@@ -99,20 +105,3 @@ class PushFlusher:
             backend.reconnect()  # the parent's connection is not the child's to use
         if not self._closed:
             self._start()
-
-
-class _ForkedFlushers:
-    def __init__(self) -> None:
-        self._flushers: weakref.WeakSet[PushFlusher] = weakref.WeakSet()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-
-    def add(self, flusher: PushFlusher) -> None:
-        self._flushers.add(flusher)
-
-    def _after_fork_in_child(self) -> None:
-        for flusher in list(self._flushers):
-            flusher._after_fork_in_child()
-
-
-_FORKED = _ForkedFlushers()

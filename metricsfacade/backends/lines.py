@@ -4,7 +4,9 @@ Naming convention (canonical Prometheus-style name -> dotted name):
 
 1. drop the suffix that only Prometheus uses: ``_total`` on counters, ``_seconds`` on timers
    (timers are sent in milliseconds, the StatsD habit);
-2. ``:`` becomes ``.``, and the first ``_`` becomes ``.`` (it separates the namespace);
+2. ``:`` becomes ``.``, and the first ``_`` becomes ``.`` (it separates the namespace) unless
+   it starts or ends the name or touches another ``_`` or ``.``; an empty segment becomes
+   ``_``;
 3. prepend the configured prefix (StatsD) or namespace (Datadog) and a dot.
 
 So ``shadowcat_requests_total`` is ``shadowcat.requests`` and
@@ -33,13 +35,18 @@ _FOLDED_UNSAFE = _UNSAFE + "."
 
 
 def dotted_name(spec: MetricSpec, prefix: str = "") -> str:
-    """The metric's StatsD/Datadog name under the naming convention above."""
+    """The metric's StatsD/Datadog name under the naming convention above: never empty, and
+    never with an empty segment (``a::b`` is ``a._.b``). Two metrics that would get the same
+    name are refused at declaration (see ``Metrics``)."""
     name = spec.name
-    if spec.kind is Kind.COUNTER and name.endswith("_total"):
-        name = name[: -len("_total")]
-    elif spec.kind is Kind.TIMER and name.endswith("_seconds"):
-        name = name[: -len("_seconds")]
-    name = name.replace(":", ".").replace("_", ".", 1)
+    suffix = {Kind.COUNTER: "_total", Kind.TIMER: "_seconds"}.get(spec.kind, "")
+    if suffix and name.endswith(suffix) and len(name) > len(suffix):
+        name = name[: -len(suffix)]
+    name = name.replace(":", ".")
+    first = name.find("_")
+    if 0 < first < len(name) - 1 and name[first - 1] != "." and name[first + 1] not in "._":
+        name = name[:first] + "." + name[first + 1 :]
+    name = ".".join(segment or "_" for segment in name.split("."))
     return f"{prefix}.{name}" if prefix else name
 
 
