@@ -44,7 +44,8 @@ class _Pending:
 
 class Bookkeeping:
     """Records relayed entries for one upstream. ``on_answered`` hears of each request
-    the server answered (the circuit breaker's success)."""
+    the server answered (the circuit breaker's success), ``on_response`` of the id of each
+    response from the server."""
 
     def __init__(
         self,
@@ -54,12 +55,14 @@ class Bookkeeping:
         *,
         tape: TapeRecorder | None = None,
         on_answered: Callable[[], None] = lambda: None,
+        on_response: Callable[[Any], None] = lambda key: None,
     ) -> None:
         self._metrics = metrics
         self._name = upstream
         self._timeout = request_timeout_secs
         self._tape = tape
         self._on_answered = on_answered
+        self._on_response = on_response
         self._pending: dict[Any, _Pending] = {}  # client requests awaiting the server
         self._server_requests: dict[Any, _Pending] = {}  # server requests awaiting the client
         # Ids whose late answers are expected, not errors; per direction, as each side
@@ -95,6 +98,11 @@ class Bookkeeping:
         """Requests waiting for an answer: the client's for the server and the server's
         for the client (a plain read: safe from another thread)."""
         return len(self._pending) + len(self._server_requests)
+
+    @property
+    def awaiting_server(self) -> int:
+        """Client requests the server has not answered yet (recorded ones)."""
+        return len(self._pending)
 
     def next_deadline(self) -> float | None:
         """When the oldest request waiting for an answer expires (None: none waits).
@@ -200,6 +208,7 @@ class Bookkeeping:
             return
         for message, size in zip(messages, _shares(line, messages), strict=True):
             if message.kind == "response":
+                self._on_response(message.id)  # the server owes this id nothing more
                 pending = self._pending.pop(message.id, None)
                 if pending is None:
                     if message.id in self._late_from_server:

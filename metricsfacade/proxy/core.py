@@ -3,9 +3,11 @@
 One thread relays newline-delimited JSON-RPC both ways, client (our stdin) to server and
 server to client (our stdout), in a ``poll`` loop over non-blocking pipes: a line is
 forwarded as soon as it is read, and no peer that stops reading can stall the other
-direction. Only the guards that must answer for the server (rate limit, breaker open,
-server down, a late response to a request already answered) look at a line before it goes
-on.
+direction. Each client line is parsed before it goes on (rate limits, each member of a
+batch; the cap on requests in flight; an id the server still owes an answer for, which the
+request reaches the server without); a server line only while the proxy must change or drop
+answers (late ones to requests it answered itself, renamed ids, a batch's refusals).
+Memory stays bounded: see ``_interest`` for the back-pressure.
 
 Measuring comes after relaying: each relayed line is queued, and the same thread records
 the queue (``bookkeeping``: the whole catalog, the tape) once the traffic pauses for a
@@ -20,6 +22,7 @@ through.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import math
@@ -45,7 +48,17 @@ from metricsfacade.proxy.bookkeeping import (
     Bookkeeping,
 )
 from metricsfacade.proxy.guards import CircuitBreaker, RateLimiter
-from metricsfacade.proxy.jsonrpc import Message, batch_error_response, error_response, parse_line
+from metricsfacade.proxy.jsonrpc import (
+    Message,
+    batch_error_response,
+    error_object,
+    error_response,
+    id_text,
+    join_batch,
+    parse_line,
+    replace_id,
+    split_batch,
+)
 from metricsfacade.proxy.relay import HIGH_WATER_BYTES, RELAYED_AT, LineInput, LineOutput
 from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.proxy.upstream import Upstream
@@ -75,6 +88,16 @@ RECORD_AFTER_IDLE_MS = 1
 RECORD_BACKLOG = 64
 #: Messages recorded between two looks for new input, once recording has begun.
 RECORD_CHUNK = 8
+#: Client requests the server may have unanswered at once; beyond, the proxy answers -32000.
+MAX_IN_FLIGHT = 10_000
+#: Ids remembered for answers the server still owes (timed out, cancelled), at most.
+MAX_OWED = 100_000
+#: Reading stops while the tape's writer is this far behind (bytes) ...
+TAPE_HIGH_WATER = 4 * 1024 * 1024
+#: ... and looks again this often.
+TAPE_WAIT_MS = 10
+#: The prefix of the ids the proxy gives requests that reuse an id the server still owes.
+RENAMED_PREFIX = "metricsfacade-id-"
 IN, OUT = select.POLLIN, select.POLLOUT
 
 
@@ -104,9 +127,26 @@ class StdioProxy:
         self._to_server: LineOutput | None = None
         self._wake_read, self._wake_write = os.pipe()  # how stop() interrupts poll()
         os.set_blocking(self._wake_write, False)  # a signal handler must never wait on it
-        self._queue: deque[list[Any]] = deque()  # relayed, not yet recorded
+        # Relayed, not yet recorded, per destination, in the order read: (number, entry).
+        # Recorded in that order, except that a line its reader has not taken yet holds up
+        # only its own direction: what went the other way is recorded meanwhile.
+        self._up: deque[tuple[int, list[Any]]] = deque()  # to the server
+        self._down: deque[tuple[int, list[Any]]] = deque()  # to the client
+        self._seq = 0
+        self._exits: deque[int] = deque()  # numbers of the server exits queued
+        self._refused_bytes = 0  # refused client lines queued (for the tape) toward the client
         self._idle = False  # the last poll found nothing to do
-        self._swallow: set[Any] = set()  # ids whose server responses must not reach the client
+        # Ids (as the server knows them) of the client requests the server still owes an
+        # answer: a request reusing one is sent with an id of the proxy's own (renamed).
+        self._owed: dict[Any, None] = {}
+        self._renamed: dict[Any, Any] = {}  # the proxy's id -> the client's
+        self._alias: dict[Any, Any] = {}  # the client's id -> the proxy's, for cancellations
+        self._names = 0
+        # Server ids whose responses must not reach the client (answered by the proxy).
+        self._swallow: dict[Any, None] = {}
+        # Refusals of a batch's members, added to the server's answer to the rest: by the
+        # server id of each request relayed, the shared group.
+        self._held: dict[Any, _Held] = {}
         self._limiter = RateLimiter(settings.rate_limits) if settings.rate_limits else None
         self._breaker = CircuitBreaker(
             settings.breaker_failures,
@@ -119,6 +159,7 @@ class StdioProxy:
             settings.request_timeout_secs,
             tape=tape,
             on_answered=self._breaker.success,
+            on_response=self._owed_nothing,
         )
         # The handshake, watched as it is relayed: replayed to a restarted server.
         self._initialize: dict[str, Any] | None = None
@@ -204,17 +245,27 @@ class StdioProxy:
             self._idle = not events
             if self._idle:
                 self._record(RECORD_CHUNK)
-            elif len(self._queue) >= RECORD_BACKLOG:
+            elif len(self._up) + len(self._down) >= RECORD_BACKLOG:
                 self._record(max(1, lines))  # under steady load: keep up with what comes
 
     def _interest(self) -> dict[int, int]:
-        """What to wait for: input unless its destination is backed up, output if pending."""
+        """What to wait for: input unless its destination is backed up, output if pending.
+
+        Back-pressure, so that memory stays bounded: the server is not read while 1 MiB
+        waits for the client; the client is not read while 1 MiB waits for the server, or
+        1 MiB of the proxy's own answers (and refused lines kept for the tape) waits for the
+        client; neither is read while the tape's writer is 4 MiB behind."""
         wanted = {self._wake_read: IN}
         to_server, to_client = self._to_server, self._to_client
-        reading_client = self._grace_until is None and not self._from_client.at_eof
-        if reading_client and (to_server is None or to_server.pending < HIGH_WATER_BYTES):
+        tape_ok = self._tape is None or self._tape.backlog < TAPE_HIGH_WATER
+        reading_client = self._grace_until is None and not self._from_client.at_eof and tape_ok
+        if (
+            reading_client
+            and (to_server is None or to_server.pending < HIGH_WATER_BYTES)
+            and to_client.own_pending + self._refused_bytes < HIGH_WATER_BYTES
+        ):
             wanted[self._from_client.fd] = IN
-        if self._from_server is not None and to_client.pending < HIGH_WATER_BYTES:
+        if self._from_server is not None and to_client.pending < HIGH_WATER_BYTES and tape_ok:
             wanted[self._from_server.fd] = IN
         if to_client.pending and not to_client.broken:
             wanted[to_client.fd] = OUT
@@ -225,10 +276,12 @@ class StdioProxy:
     def _poll_timeout_ms(self) -> int | None:
         """Until the next deadline; when relayed lines wait to be recorded, until the
         traffic pauses (or at once, when recording has begun or fallen behind)."""
-        if self._queue and self._queue[0][RELAYED_AT]:
-            if self._idle or len(self._queue) >= RECORD_BACKLOG:
+        if self._next_recorded(take=False) is not None:
+            if self._idle or len(self._up) + len(self._down) >= RECORD_BACKLOG:
                 return 0
             return RECORD_AFTER_IDLE_MS
+        if self._tape is not None and self._tape.backlog >= TAPE_HIGH_WATER:
+            return TAPE_WAIT_MS
         request_deadline = self._books.next_deadline()
         deadlines = [] if request_deadline is None else [request_deadline]
         if self._restart_at is not None:
@@ -263,10 +316,16 @@ class StdioProxy:
     def _on_timers(self, now: float) -> None:
         deadline = self._books.next_deadline()
         if deadline is not None and deadline <= now:
-            self._record(len(self._queue))  # a response already relayed is no timeout
+            self._record(len(self._up) + len(self._down))  # relayed answers are no timeout
             for key in self._books.expire(now):
-                self._swallow.add(key)  # its late response must not follow our answer
-                self._reply(error_response(key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out"))
+                self._swallow[key] = None  # its late response must not follow our answer
+                self._flush_held(key)
+                client_key = self._renamed.get(key, key)
+                if self._alias.get(client_key) == key:
+                    del self._alias[client_key]
+                answer = error_response(client_key, jsonrpc.UPSTREAM_TIMEOUT, "upstream timed out")
+                self._reply(answer)
+            self._forget_owed()
         if self._restart_at is not None and now >= self._restart_at:
             self._restart(now)
         if self._grace_until is not None:
@@ -321,16 +380,20 @@ class StdioProxy:
             self._books.record_refused(message, read_at)
 
     def _relay_client_line(self, line: bytes, read_at: float) -> None:
-        checked = self._limiter is not None or not self._available() or not self._initialized_note
-        messages = parse_line(line) if checked else NOT_PARSED
-        entry = [FROM_CLIENT, line, read_at, 0.0, messages]
-        self._enqueue(entry)  # before any answer of ours, for the tape's order
-        if checked:
-            if not self._admit(messages, read_at):
-                entry[0], entry[RELAYED_AT] = REFUSED, read_at
+        messages = parse_line(line)
+        if not self._available():
+            self._enqueue_refused(line, read_at)  # before our answer, for the tape's order
+            self._refuse(messages, read_at, "the server is not available")
+            return
+        if messages:
+            admitted = self._admit(line, messages, read_at)
+            if admitted is None:
                 return
-            if messages and not self._initialized_note:
+            line, messages = admitted
+            if not self._initialized_note:
                 self._watch_client_handshake(messages, line)
+        entry = [FROM_CLIENT, line, read_at, 0.0, messages]
+        self._enqueue(entry, self._up)
         assert self._to_server is not None  # it is available
         self._to_server.write(line, entry)
 
@@ -348,24 +411,103 @@ class StdioProxy:
         """Running, and not in the middle of being initialized again after a restart."""
         return self._server_up and not self._replaying and self._to_server is not None
 
-    def _admit(self, messages: list[Message] | None, read_at: float) -> bool:
-        """Answer for the server when it is down or a request is over its rate limit."""
-        if not self._available():
-            self._refuse(messages, read_at, "the server is not available")
-            return False
-        if messages is None or len(messages) != 1:
-            return True  # not JSON, or a batch: forwarded as it is
-        message = messages[0]
+    def _admit(
+        self, line: bytes, messages: list[Message], read_at: float
+    ) -> tuple[bytes, list[Message]] | None:
+        """Apply the rate limits and the cap on requests in flight to each request (a
+        batch's members one by one), and give a request whose id the server still owes an
+        answer for an id of the proxy's own. Returns the line to relay and its messages (as
+        the server will see them), or None when nothing is left to relay."""
+        if len(messages) == 1 and line[:1] == b"{":  # the usual case: one message
+            message = messages[0]
+            if message.kind == "request":
+                if message.id not in self._owed:
+                    why = self._allowed(message)
+                    if why is None:
+                        self._owed[message.id] = None
+                        return line, messages
+                    self._enqueue_refused(line, read_at)
+                    self._answer(message, read_at, *why)
+                    return None
+            elif message.cancels is None or message.cancels not in self._alias:
+                return line, messages
+        return self._admit_each(line, messages, read_at)
+
+    def _allowed(self, message: Message) -> tuple[int, str] | None:
+        """Why the proxy must refuse this request (a code and a message), or None."""
+        if self._books.awaiting_server >= MAX_IN_FLIGHT:
+            return jsonrpc.UPSTREAM_UNAVAILABLE, "too many requests in flight"
         if (
-            message.kind == "request"
-            and self._limiter is not None
+            self._limiter is not None
             and message.method is not None
             and not self._limiter.allow(message.method)
         ):
             self._metrics.rate_limit_exceeded("per_method", TRANSPORT)
-            self._answer(message, read_at, jsonrpc.RATE_LIMITED, "rate limit exceeded")
-            return False
-        return True
+            return jsonrpc.RATE_LIMITED, "rate limit exceeded"
+        return None
+
+    def _admit_each(
+        self, line: bytes, messages: list[Message], read_at: float
+    ) -> tuple[bytes, list[Message]] | None:
+        batch = line.lstrip()[:1] == b"["
+        texts = split_batch(line) if batch else [line.decode("utf-8", "replace").removesuffix("\n")]
+        if texts is None or len(texts) != len(messages):  # cannot happen: parsed as JSON
+            return line, messages
+        kept: list[str] = []
+        kept_messages: list[Message] = []
+        refused: list[str] = []  # the refused members, for the tape
+        answers: list[str] = []
+        relayed_requests: list[Any] = []
+        changed = False
+        for original, raw in zip(messages, texts, strict=True):
+            message, text = original, raw
+            if message.kind == "request":
+                why = self._allowed(message)
+                if why is not None:
+                    refused.append(text)
+                    answers.append(error_object(message.id, *why))
+                    self._books.record_refused(message, read_at)
+                    changed = True
+                    continue
+                if message.id in self._owed:  # reused while the server owes it: rename
+                    name = self._new_name(message.id)
+                    self._renamed[name] = message.id
+                    self._alias[message.id] = name
+                    text = replace_id(text, id_text(name)) or text  # it has an id: replaced
+                    message, changed = message._replace(id=name), True
+                self._owed[message.id] = None
+                relayed_requests.append(message.id)
+            elif message.cancels is not None and message.cancels in self._alias:
+                name = self._alias[message.cancels]
+                cancel = _replace_request_id(text, id_text(name))
+                if cancel is not None:
+                    text, message, changed = cancel, message._replace(cancels=name), True
+            kept.append(text)
+            kept_messages.append(message)
+        if not changed:
+            return line, messages
+        if refused:
+            self._enqueue_refused(join_batch(refused) if batch else line, read_at)
+        if not kept:
+            self._reply(join_batch(answers) if batch else answers[0].encode() + b"\n")
+            return None
+        if answers:
+            if relayed_requests:  # added to the server's answer to the rest of the batch
+                held = _Held(answers, relayed_requests)
+                for key in relayed_requests:
+                    self._held[key] = held
+            else:  # nothing of the rest will be answered: the refusals are the answer
+                self._reply(join_batch(answers))
+        new_line = join_batch(kept) if batch else kept[0].encode() + b"\n"
+        return new_line, kept_messages
+
+    def _new_name(self, key: Any) -> str:
+        """An id for a request whose own id the server still owes an answer for."""
+        while True:
+            self._names += 1
+            name = f"{RENAMED_PREFIX}{self._names}"
+            if name not in self._owed:
+                return name
 
     def _refuse(self, messages: list[Message] | None, read_at: float, why: str) -> None:
         """Answer every request among ``messages`` with an error (a batch with a batch)."""
@@ -400,21 +542,72 @@ class StdioProxy:
 
     def _relay_server_line(self, line: bytes, read_at: float) -> None:
         messages = NOT_PARSED
-        if self._swallow or self._initialize_id is not None:
+        held: list[_Held] = []
+        if self._swallow or self._renamed or self._held or self._initialize_id is not None:
             messages = parse_line(line)
-            if (
-                messages
-                and len(messages) == 1
-                and messages[0].kind == "response"  # a server request may reuse the id
-                and messages[0].id in self._swallow
-            ):
-                self._swallowed(messages[0])
-                return
+            if messages and (self._swallow or self._renamed or self._held):
+                fixed = self._fix_responses(line, messages, held)
+                if fixed is None:
+                    return  # only late answers to requests the proxy answered itself
+                line, messages = fixed
             if messages and self._initialize_id is not None:
                 self._watch_server_handshake(messages)
         entry = [FROM_SERVER, line, read_at, 0.0, messages]
-        self._enqueue(entry)
+        self._enqueue(entry, self._down)
         self._to_client.write(line, entry)
+        for group in held:  # the server answered a batch's requests otherwise than as one
+            self._reply(join_batch(group.answers))
+
+    def _fix_responses(
+        self, line: bytes, messages: list[Message], held: list[_Held]
+    ) -> tuple[bytes, list[Message]] | None:
+        """Drop the late answers to requests the proxy answered itself, give back their
+        own ids to requests the proxy renamed, and add the refusals of a batch's members to
+        the server's answer to the rest; the messages keep the ids the server used."""
+        dropped: set[int] = set()
+        restored: dict[int, Any] = {}
+        groups: list[_Held] = []
+        for index, message in enumerate(messages):
+            if message.kind != "response":
+                continue  # a server request may reuse the id
+            key = message.id
+            if key in self._held:
+                group = self._held[key]
+                for member in group.keys:
+                    self._held.pop(member, None)
+                groups.append(group)
+            if key in self._swallow:
+                self._swallowed(message)
+                dropped.add(index)
+            elif key in self._renamed:
+                restored[index] = self._renamed.pop(key)
+                if self._alias.get(restored[index]) == key:
+                    del self._alias[restored[index]]
+        if not dropped and not restored and not groups:
+            return line, messages
+        batch = line.lstrip()[:1] == b"["
+        texts = split_batch(line) if batch else [line.decode("utf-8", "replace").removesuffix("\n")]
+        if texts is None or len(texts) != len(messages):  # cannot happen: parsed as JSON
+            held.extend(groups)
+            return line, messages
+        kept: list[str] = []
+        kept_messages: list[Message] = []
+        for index, (message, text) in enumerate(zip(messages, texts, strict=True)):
+            if index in dropped:
+                continue
+            if index in restored:
+                kept.append(replace_id(text, id_text(restored[index])) or text)
+            else:
+                kept.append(text)
+            kept_messages.append(message)
+        if not batch:
+            held.extend(groups)  # a single response: the refusals follow, as a batch
+            return (kept[0].encode() + b"\n", kept_messages) if kept else None
+        for group in groups:
+            kept.extend(group.answers)
+        if not kept:
+            return None
+        return join_batch(kept), kept_messages
 
     def _watch_server_handshake(self, messages: list[Message]) -> None:
         """The server answered the client's initialize: it is ready (what /ready says)."""
@@ -424,7 +617,9 @@ class StdioProxy:
                 self._initialized = not message.is_error
 
     def _swallowed(self, message: Message) -> None:
-        self._swallow.discard(message.id)
+        self._swallow.pop(message.id, None)
+        self._owed.pop(message.id, None)
+        self._renamed.pop(message.id, None)
         if message.id != REPLAY_ID:
             return
         if message.is_error:
@@ -437,9 +632,10 @@ class StdioProxy:
 
     # -- recording ------------------------------------------------------------------------
 
-    def _enqueue(self, entry: list[Any]) -> None:
-        if len(self._queue) < MAX_UNRECORDED:
-            self._queue.append(entry)
+    def _enqueue(self, entry: list[Any], queue: deque[tuple[int, list[Any]]]) -> None:
+        if len(self._up) + len(self._down) < MAX_UNRECORDED:
+            self._seq += 1
+            queue.append((self._seq, entry))
         else:  # recording is far behind: relay without recording, and count it
             self._metrics.facade.count_dropped(
                 "shadowcat_requests_total",
@@ -447,13 +643,53 @@ class StdioProxy:
                 "a message was relayed but not recorded: recording fell behind",
             )
 
+    def _enqueue_refused(self, line: bytes, read_at: float) -> None:
+        """A client line (or the members of a batch) the proxy answered itself: taped, in
+        turn with the answers to the client (nothing else records it)."""
+        if self._tape is not None:
+            self._refused_bytes += len(line)
+            self._enqueue([REFUSED, line, read_at, read_at, None], self._down)
+
+    def _next_recorded(self, *, take: bool = True) -> list[Any] | None:
+        """The next entry to record (taken off its queue unless ``take`` is false): the
+        first read, once relayed; if it is still being written, the first of the other
+        direction, once relayed (but never past a server exit still to record)."""
+        up, down = self._up, self._down
+        if up and (not down or up[0][0] < down[0][0]):
+            first, other = up, down
+        else:
+            first, other = down, up
+        if not first:
+            return None
+        if first[0][1][RELAYED_AT]:
+            chosen = first
+        elif (
+            other
+            and other[0][1][RELAYED_AT]
+            and (other is down or not self._exits or other[0][0] < self._exits[0])
+        ):
+            chosen = other
+        else:
+            return None
+        if not take:
+            return chosen[0][1]
+        return self._take(chosen)
+
+    def _take(self, queue: deque[tuple[int, list[Any]]]) -> list[Any]:
+        entry = queue.popleft()[1]
+        if entry[0] == SERVER_EXIT:
+            self._exits.popleft()
+        elif entry[0] == REFUSED:
+            self._refused_bytes -= len(entry[1])
+        return entry
+
     def _record(self, budget: int) -> None:
         """Record up to ``budget`` relayed messages, in the order they were relayed."""
-        queue = self._queue
         for _ in range(budget):
-            if not queue or not queue[0][RELAYED_AT]:
-                return  # empty, or its line is still being written
-            self._record_entry(queue.popleft())
+            entry = self._next_recorded()
+            if entry is None:
+                return  # empty, or the lines first read are still being written
+            self._record_entry(entry)
 
     def _record_entry(self, entry: list[Any]) -> None:
         try:
@@ -466,7 +702,35 @@ class StdioProxy:
 
     def _fail_pending(self, why: str) -> None:
         for key in self._books.fail_pending():
-            self._reply(error_response(key, jsonrpc.UPSTREAM_UNAVAILABLE, why))
+            self._flush_held(key)
+            client_key = self._renamed.pop(key, key)
+            self._reply(error_response(client_key, jsonrpc.UPSTREAM_UNAVAILABLE, why))
+        for key in list(self._held):
+            self._flush_held(key)
+
+    def _flush_held(self, key: Any) -> None:
+        """The server will not answer a batch member (it timed out, or the server is
+        gone): the refusals of the batch's other members are sent on their own."""
+        group = self._held.pop(key, None)
+        if group is None:
+            return
+        for member in group.keys:
+            self._held.pop(member, None)
+        self._reply(join_batch(group.answers))
+
+    def _owed_nothing(self, key: Any) -> None:
+        """The server answered this id (recorded): a request may use it again as it is."""
+        self._owed.pop(key, None)
+
+    def _forget_owed(self) -> None:
+        """Forget the oldest ids still owed (answers that may never come: timed out or
+        cancelled) beyond ``MAX_OWED``, so that a server that never answers cannot make
+        the proxy remember ids without end."""
+        for table in (self._owed, self._swallow):
+            if len(table) > MAX_OWED:
+                for key in list(itertools.islice(table, len(table) - MAX_OWED)):
+                    table.pop(key, None)
+                    self._renamed.pop(key, None)
 
     # -- the server's life ----------------------------------------------------------------
 
@@ -498,13 +762,19 @@ class StdioProxy:
             self._to_server.release()  # lines it never read count as sent; they fail below
         self._from_server = self._to_server = None
         self._server_up = self._initialized = self._replaying = False
+        # A new server owes nothing; the requests in flight are failed when recorded.
+        self._owed.clear()
+        self._swallow.clear()
+        self._alias.clear()
         stopping = self._grace_until is not None
         code = self._upstream.stop(wait_secs)
         if stopping:
             return
         logger.warning("metricsfacade proxy: the server exited with status %s", code)
         # After what it answered, so those are matched before the rest is failed.
-        self._queue.append([SERVER_EXIT, code, now, now, None])
+        self._seq += 1
+        self._down.append((self._seq, [SERVER_EXIT, code, now, now, None]))
+        self._exits.append(self._seq)
         if self._settings.restart:
             self._breaker.failure()
             self._restart_delay = self._settings.restart_backoff_secs
@@ -539,7 +809,7 @@ class StdioProxy:
         if self._initialize is None or self._to_server is None:
             return
         self._replaying = True
-        self._swallow.add(REPLAY_ID)
+        self._swallow[REPLAY_ID] = None
         self._to_server.write(json.dumps(dict(self._initialize, id=REPLAY_ID)).encode() + b"\n")
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -547,9 +817,9 @@ class StdioProxy:
     def _reply(self, line: bytes) -> None:
         """Answer the client ourselves (taped in turn with what was relayed)."""
         now = perf_counter()
-        self._to_client.write(line)
+        self._to_client.write(line, own=True)
         if self._tape is not None:
-            self._enqueue([FROM_PROXY, line, now, now, None])
+            self._enqueue([FROM_PROXY, line, now, now, None], self._down)
 
     def _shutdown(self) -> None:
         """Reap the server, record what was relayed, answer what is left, close up."""
@@ -572,8 +842,10 @@ class StdioProxy:
 
     def _record_all(self) -> None:
         now = perf_counter()
-        while self._queue:
-            entry = self._queue.popleft()
+        up, down = self._up, self._down
+        while up or down:
+            queue = up if up and (not down or up[0][0] < down[0][0]) else down
+            entry = self._take(queue)
             entry[RELAYED_AT] = entry[RELAYED_AT] or now  # never written: the reader left
             self._record_entry(entry)
 
@@ -589,3 +861,23 @@ class StdioProxy:
                 break
             output.flush()
         output.release()
+
+
+class _Held:
+    """The proxy's refusals of some members of a batch, waiting to join the server's
+    answer to the others (``keys``: the server ids of the requests relayed)."""
+
+    __slots__ = ("answers", "keys")
+
+    def __init__(self, answers: list[str], keys: list[Any]) -> None:
+        self.answers = answers
+        self.keys = keys
+
+
+def _replace_request_id(text: str, new_id: str) -> str | None:
+    """A ``notifications/cancelled`` with its ``params.requestId`` replaced by ``new_id``."""
+    for key, start, end in jsonrpc.member_spans(text):
+        if key == "params":
+            params = replace_id(text[start:end], new_id, "requestId")
+            return None if params is None else text[:start] + params + text[end:]
+    return None

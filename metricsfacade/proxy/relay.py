@@ -121,6 +121,10 @@ class LineOutput:
         self._buffer = bytearray()
         self._written = 0  # bytes written since the start
         self._waiting: deque[tuple[int, list[Any]]] = deque()  # (end offset, entry)
+        self._own: deque[tuple[int, int]] = deque()  # (end offset, bytes) of "own" lines
+        #: Bytes of the lines written with ``own=True`` (the proxy's own answers) not yet
+        #: taken by the reader.
+        self.own_pending = 0
         self.broken = False
 
     @property
@@ -128,7 +132,7 @@ class LineOutput:
         """Bytes accepted but not yet taken by the reader."""
         return len(self._buffer)
 
-    def write(self, line: bytes, entry: list[Any] | None = None) -> None:
+    def write(self, line: bytes, entry: list[Any] | None = None, *, own: bool = False) -> None:
         if not self._buffer and not self.broken:
             written = self._write(line)
             self._written += written
@@ -138,8 +142,12 @@ class LineOutput:
                 entry[RELAYED_AT] = perf_counter()
             return
         self._buffer += line
+        end = self._written + len(self._buffer)
         if entry is not None:
-            self._waiting.append((self._written + len(self._buffer), entry))
+            self._waiting.append((end, entry))
+        if own:
+            self._own.append((end, len(line)))
+            self.own_pending += len(line)
 
     def flush(self) -> None:
         """Write what the reader can take now (call it when poll reports it writable)."""
@@ -162,6 +170,9 @@ class LineOutput:
             return 0
 
     def _stamp(self) -> None:
+        own = self._own
+        while own and (self.broken or own[0][0] <= self._written):
+            self.own_pending -= own.popleft()[1]
         now = perf_counter()
         waiting = self._waiting
         while waiting and (self.broken or waiting[0][0] <= self._written):

@@ -31,7 +31,17 @@ class TapeRecorder:
         self._writer = threading.Thread(target=self._write_all, name="proxy-tape", daemon=True)
         self._writer.start()
         self._closed = False
+        # What was queued and what the writer took, in bytes (each counter is written by one
+        # thread only): their difference is the backlog a slow disk leaves in memory.
+        self._queued_bytes = 0
+        self._written_bytes = 0
         metrics.tape_operation("open")
+
+    @property
+    def backlog(self) -> int:
+        """Bytes queued for the file and not yet written (the relay stops reading its peers
+        while this is over its bound: a disk far behind delays the relay, bounded memory)."""
+        return self._queued_bytes - self._written_bytes
 
     def record(self, direction: str, line: bytes, at: float | None = None) -> None:
         """Append one message; ``at`` is when it was read (seconds since the epoch)."""
@@ -42,19 +52,21 @@ class TapeRecorder:
             "direction": direction,
             "message": line.rstrip(b"\n").decode("utf-8", "replace"),
         }
-        self._queue.put(json.dumps(entry, ensure_ascii=False).encode() + b"\n")
+        data = json.dumps(entry, ensure_ascii=False).encode() + b"\n"
+        self._queued_bytes += len(data)
+        self._queue.put(data)
         self._metrics.tape_operation("record")
 
     def _write_all(self) -> None:
         failed = False
         while (data := self._queue.get()) is not None:
-            if failed:
-                continue
-            try:
-                self._file.write(data)
-            except OSError as exc:  # a full disk must not stop the proxy: the tape stops
-                logger.error("metricsfacade proxy: writing the tape failed: %s", exc)
-                failed = True
+            if not failed:
+                try:
+                    self._file.write(data)
+                except OSError as exc:  # a full disk must not stop the proxy: the tape stops
+                    logger.error("metricsfacade proxy: writing the tape failed: %s", exc)
+                    failed = True
+            self._written_bytes += len(data)
         with contextlib.suppress(OSError):
             self._file.close()
 
