@@ -98,6 +98,8 @@ TAPE_HIGH_WATER = 4 * 1024 * 1024
 TAPE_WAIT_MS = 10
 #: The prefix of the ids the proxy gives requests that reuse an id the server still owes.
 RENAMED_PREFIX = "metricsfacade-id-"
+#: ... or the base of those it gives integer ids (below 2**31, for servers that expect int32).
+RENAMED_BASE = 2_000_000_000
 IN, OUT = select.POLLIN, select.POLLOUT
 
 
@@ -390,6 +392,8 @@ class StdioProxy:
             if admitted is None:
                 return
             line, messages = admitted
+            if len(self._owed) > MAX_OWED:
+                self._forget_owed()
             if not self._initialized_note:
                 self._watch_client_handshake(messages, line)
         entry = [FROM_CLIENT, line, read_at, 0.0, messages]
@@ -421,6 +425,8 @@ class StdioProxy:
         if len(messages) == 1 and line[:1] == b"{":  # the usual case: one message
             message = messages[0]
             if message.kind == "request":
+                if message.id in self._owed:
+                    self._catch_up()  # its answer may be relayed but not recorded yet
                 if message.id not in self._owed:
                     why = self._allowed(message)
                     if why is None:
@@ -449,6 +455,8 @@ class StdioProxy:
     def _admit_each(
         self, line: bytes, messages: list[Message], read_at: float
     ) -> tuple[bytes, list[Message]] | None:
+        if any(m.kind == "request" and m.id in self._owed for m in messages):
+            self._catch_up()  # their answers may be relayed but not recorded yet
         batch = line.lstrip()[:1] == b"["
         texts = split_batch(line) if batch else [line.decode("utf-8", "replace").removesuffix("\n")]
         if texts is None or len(texts) != len(messages):  # cannot happen: parsed as JSON
@@ -501,11 +509,18 @@ class StdioProxy:
         new_line = join_batch(kept) if batch else kept[0].encode() + b"\n"
         return new_line, kept_messages
 
-    def _new_name(self, key: Any) -> str:
-        """An id for a request whose own id the server still owes an answer for."""
+    def _catch_up(self) -> None:
+        """Record what was relayed, so that ids the server answered are free again."""
+        self._record(len(self._up) + len(self._down))
+
+    def _new_name(self, key: Any) -> Any:
+        """An id for a request whose own id the server still owes an answer for: an integer
+        for an integer (servers may expect the type they were given), else a string."""
         while True:
             self._names += 1
-            name = f"{RENAMED_PREFIX}{self._names}"
+            name: Any = RENAMED_BASE + self._names if key.__class__ is int else None
+            if name is None:
+                name = f"{RENAMED_PREFIX}{self._names}"
             if name not in self._owed:
                 return name
 
@@ -547,8 +562,10 @@ class StdioProxy:
             messages = parse_line(line)
             if messages and (self._swallow or self._renamed or self._held):
                 fixed = self._fix_responses(line, messages, held)
-                if fixed is None:
-                    return  # only late answers to requests the proxy answered itself
+                if fixed is None:  # only late answers to requests the proxy answered itself
+                    for group in held:
+                        self._reply(join_batch(group.answers))
+                    return
                 line, messages = fixed
             if messages and self._initialize_id is not None:
                 self._watch_server_handshake(messages)
