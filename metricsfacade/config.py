@@ -86,11 +86,15 @@ def _port_env(value: object) -> int | None:
     return None if str(value).strip() == "off" else _port(_int_text(value))
 
 
+#: The longest interval or timeout accepted (11.6 days): threads cannot wait for longer.
+MAX_SECONDS = 1_000_000.0
+
+
 def _positive_float(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _Invalid(f"expected a number, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise _Invalid(f"expected a positive number, got {value!r}")
+    if not (math.isfinite(value) and 0 < value <= MAX_SECONDS):
+        raise _Invalid(f"expected a positive number up to {MAX_SECONDS:g}, got {value!r}")
     return float(value)
 
 
@@ -109,6 +113,30 @@ def _str(value: object) -> str:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else _str(value)
+
+
+def _path(value: object) -> str | None:
+    """A file path, or None; an empty one is refused (it would silently mean "unset")."""
+    text = _optional_str(value)
+    if text is not None and not text:
+        raise _Invalid("expected a file path, got an empty string")
+    return text
+
+
+def _host(value: object) -> str:
+    """A host name or address a socket can be given (a DNS label is at most 63 bytes)."""
+    text = _str(value)
+    try:
+        encoded = text.encode("idna")
+    except UnicodeError as exc:
+        raise _Invalid(f"expected a host name or address, got {text!r} ({exc})") from None
+    if not encoded:
+        raise _Invalid("expected a host name or address, got an empty string")
+    return text
+
+
+def _optional_host(value: object) -> str | None:
+    return None if value is None else _host(value)
 
 
 def _str_list(value: object) -> tuple[str, ...]:
@@ -208,7 +236,7 @@ def _prefix(value: object) -> str:
 class StatsdSettings:
     """The ``[statsd]`` table."""
 
-    host: str = _setting("127.0.0.1", _str)
+    host: str = _setting("127.0.0.1", _host)
     port: int = _setting(8125, lambda v: _int(v, 1, 65535), lambda v: _int(_int_text(v), 1, 65535))
     #: "udp", "tcp", or "unix" (a Unix stream socket at ``socket_path``)
     protocol: str = _setting("udp", _choice("udp", "tcp", "unix"))
@@ -234,7 +262,7 @@ class DatadogSettings:
     environment variables (DD_DOGSTATSD_URL, DD_AGENT_HOST, DD_DOGSTATSD_PORT), then to
     localhost:8125; DD_ENV, DD_SERVICE and DD_VERSION become tags."""
 
-    host: str | None = _setting(None, _optional_str)
+    host: str | None = _setting(None, _optional_host)
     port: int | None = _setting(None, _optional_int(1, 65535), _optional_int_env(1, 65535))
     #: a Unix datagram socket of the agent, e.g. /var/run/datadog/dsd.socket
     socket_path: str | None = _setting(None, _optional_str)
@@ -394,7 +422,7 @@ class MetricsConfig:
 
     enabled: bool = _setting(True, _bool, _bool_env)
     port: int | None = _setting(9090, _port, _port_env)
-    bind: str = _setting("127.0.0.1", _str)
+    bind: str = _setting("127.0.0.1", _host)
     path: str = _setting("/metrics", _str)
     collection_interval_secs: float = _setting(10.0, _positive_float, _positive_float_env)
     histogram_buckets: tuple[float, ...] | None = _setting(None, _buckets, _buckets_env)
@@ -409,8 +437,8 @@ class MetricsConfig:
     max_samples_per_flush: int = _setting(
         1000, lambda v: _int(v, 1, 1_000_000), lambda v: _int(_int_text(v), 1, 1_000_000)
     )
-    tls_cert: str | None = _setting(None, _optional_str)
-    tls_key: str | None = _setting(None, _optional_str)
+    tls_cert: str | None = _setting(None, _path)
+    tls_key: str | None = _setting(None, _path)
     auth_username: str | None = _setting(None, _optional_str)
     auth_password: str | None = _setting(None, _optional_str)
     prometheus: PrometheusSettings = attrs.field(factory=PrometheusSettings)

@@ -297,3 +297,43 @@ def test_every_valid_prometheus_name_gives_a_well_formed_statsd_name(name, kind)
     assert "" not in dotted.split("."), dotted
     line = strict_statsd.parse_line(f"{dotted}:1|c")  # the strict reader takes it
     assert line.name == dotted
+
+
+# -- push delivery -----------------------------------------------------------------------------
+
+
+def test_an_unresolvable_agent_host_is_counted_and_the_flusher_lives_on(monkeypatch):
+    """DogStatsd takes its host from DD_AGENT_HOST, unchecked by our config: a 64-byte DNS
+    label makes every send raise UnicodeError, which must be counted like a failed send."""
+    monkeypatch.setenv("DD_AGENT_HOST", "a" * 64 + ".example")
+    m = mf.Metrics({"port": None, "backends": ["datadog", "memory"]}, environ={})
+    try:
+        requests = m.counter("hostile_pushed_total", "h")
+        for _ in range(3):
+            requests.inc()
+            m.flush()
+        drops = m.backend("memory").records("metricsfacade_backend_dropped_total")
+        assert sum(record.value for record in drops) >= 1
+        alive = [t.name for t in threading.enumerate() if t.name == "metricsfacade-push"]
+        assert alive == ["metricsfacade-push"]
+    finally:
+        m.close()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"bind": ""},
+        {"tls_cert": "", "tls_key": ""},
+        {"statsd": {"host": "a" * 64 + ".example"}},
+        {"statsd": {"host": ""}},
+        {"statsd": {"flush_interval_secs": 1e19}},
+        {"datadog": {"flush_interval_secs": 1e19}},
+        {"readiness_timeout_secs": 1e19},
+        {"collection_interval_secs": 1e19},
+        {"bind": "host\udce9"},
+    ],
+)
+def test_settings_that_cannot_work_are_refused_at_configure(config):
+    with pytest.raises(mf.ConfigError):
+        mf.Metrics(config, environ={})

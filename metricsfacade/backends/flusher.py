@@ -73,32 +73,38 @@ class PushFlusher:
         shutdown.resume_deferred()  # a SIGTERM that arrived during this flush goes on now
 
     def close(self, timeout: float) -> None:
-        """Stop the thread and send what is left, giving up ``timeout`` seconds from now
-        (plus one send's socket timeout): lines left then are counted as ``closing``."""
+        """Have the thread send what is left and end, giving up ``timeout`` seconds from now
+        (plus one send's socket timeout): lines left then are counted as ``closing``. A last
+        flush still sending after ``STUCK_SECS`` (an agent that does not read) has its
+        connections cut, so close() returns soon after."""
         if self._closed:
             return
         self._closed = True
         deadline = time.monotonic() + timeout
         for backend in self._backends:
             backend.close_by(deadline)
-        self._wake.set()
-        if self._thread is not threading.current_thread():
-            self._thread.join(min(timeout, STUCK_SECS))
-            if self._thread.is_alive():  # sending to an agent that does not read: cut it off
-                for backend in self._backends:
-                    backend.close_by(time.monotonic())  # the rest of the flush is dropped
-                    backend.reconnect()
-                self._thread.join(max(0.0, deadline - time.monotonic()))
-        if self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
-            self._lock.release()
+        thread = self._thread
+        if thread is threading.current_thread() or not thread.is_alive():
             self.flush()
+            return
+        self._wake.set()  # the thread flushes once more, then ends
+        thread.join(min(timeout, STUCK_SECS))
+        if thread.is_alive():
+            for backend in self._backends:
+                backend.close_by(time.monotonic())  # the rest of the flush is dropped
+                backend.reconnect()
+            thread.join(max(0.0, deadline - time.monotonic()))
 
     def _run(self) -> None:
         while not self._wake.wait(self._interval):
-            try:
-                self.flush()
-            except Exception:
-                logger.exception("metricsfacade: a push flush failed")
+            self._flush_logged()
+        self._flush_logged()  # closing: the last flush
+
+    def _flush_logged(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # the thread must outlive any failure
+            logger.exception("metricsfacade: a push flush failed")
 
     def _after_fork_in_child(self) -> None:
         for backend in self._backends:

@@ -73,6 +73,8 @@ class Packer:
         self._max = max_packet_size - len(self._terminator)
         self._name = name
         self._warned = False
+        #: lines of the last datagram sent, which a refusal heard later would concern
+        self._unconfirmed = 0
         self.report_drop: ReportDrop = _ignore_drops
         #: set by close: sending stops past it and what is left is counted as "closing"
         self.deadline: float | None = None
@@ -127,9 +129,15 @@ class Packer:
     def _send_packet(self, packet: list[bytes], drops: dict[str, int]) -> None:
         try:
             self._backoff.send(b"\n".join(packet) + self._terminator)
-        except OSError as exc:
+        except Exception as exc:  # OSError, or a host the resolver refuses (UnicodeError)
             reason = "agent_unavailable" if isinstance(exc, AgentUnavailable) else "send_failed"
-            _count(drops, reason, len(packet))
+            lost = len(packet)
+            if isinstance(exc, ConnectionRefusedError):
+                # On UDP the refusal is the ICMP answer to the packet sent before this one:
+                # that packet was lost too.
+                lost += self._unconfirmed
+            self._unconfirmed = 0
+            _count(drops, reason, lost)
             if not self._warned and reason == "send_failed":
                 self._warned = True
                 logger.warning(
@@ -138,6 +146,9 @@ class Packer:
                     self._name,
                     exc,
                 )
+            return
+        # A datagram is only known delivered once the next send hears no refusal.
+        self._unconfirmed = 0 if self._terminator else len(packet)
 
 
 def _count(drops: dict[str, int], reason: str, lines: int) -> None:
