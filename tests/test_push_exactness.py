@@ -598,8 +598,8 @@ def test_close_with_the_tcp_agent_absent_counts_every_line_of_the_last_flush() -
 def test_udp_agent_absent_then_appearing_loses_nothing_once_it_listens(backend: str) -> None:
     """While no agent listens, each flush's line is dropped and counted, the very first
     datagram too: the kernel accepts it, and the ICMP "port unreachable" that comes back is
-    heard on the next send, which counts both. Once an agent listens (and the 0.2 s backoff is over), every
-    increment arrives, exactly; close() then counts nothing."""
+    heard on the next send, which counts both. Once an agent listens (and the 0.2 s backoff
+    is over), every increment arrives, exactly; close() then counts nothing."""
     port = closed_udp_port()
     m = facade(backend, "127.0.0.1", port)
     requests = m.counter("late_requests_total", "Requests")
