@@ -1065,3 +1065,36 @@ class UdpLineSink:
         self._stop.set()
         self._thread.join(timeout=5)
         self.sock.close()
+
+
+#: What DogStatsd reads from the environment (destination, tags, origin fields): tests clear
+#: them so the host's environment cannot leak into what is sent.
+DD_VARIABLES = (
+    "DATADOG_TAGS",
+    "DD_AGENT_HOST",
+    "DD_DOGSTATSD_DISABLE",
+    "DD_DOGSTATSD_PORT",
+    "DD_DOGSTATSD_URL",
+    "DD_ENTITY_ID",
+    "DD_ENV",
+    "DD_EXTERNAL_ENV",
+    "DD_ORIGIN_DETECTION_ENABLED",
+    "DD_SERVICE",
+    "DD_TAGS",
+    "DD_TELEMETRY_HOST",
+    "DD_TELEMETRY_PORT",
+    "DD_VERSION",
+)
+
+
+def run_in_child(body: Callable[[], int]) -> int:
+    """Fork; the child runs ``body`` and leaves with its return code via os._exit."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 70
+        try:
+            code = body()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)

@@ -20,7 +20,6 @@ error of about 1e-16 per line. Counters and gauges are compared exactly.
 from __future__ import annotations
 
 import math
-import os
 import socket
 import subprocess
 import sys
@@ -28,7 +27,7 @@ import textwrap
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,25 +47,12 @@ LOOP = 1_000_000
 THREADS = 4
 #: generous: a test's own polling deadline, not a speed requirement
 SETTLE_SECS = 30.0
-DD_VARIABLES = (
-    "DATADOG_TAGS",
-    "DD_AGENT_HOST",
-    "DD_DOGSTATSD_PORT",
-    "DD_DOGSTATSD_URL",
-    "DD_ENTITY_ID",
-    "DD_ENV",
-    "DD_EXTERNAL_ENV",
-    "DD_ORIGIN_DETECTION_ENABLED",
-    "DD_SERVICE",
-    "DD_TAGS",
-    "DD_VERSION",
-)
 
 
 @pytest.fixture(autouse=True)
 def _no_datadog_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """DogStatsd reads where the agent is and extra tags from DD_* variables: none here."""
-    for name in DD_VARIABLES:
+    for name in sinks.DD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DD_ORIGIN_DETECTION_ENABLED", "false")  # no |c: field to strip
 
@@ -429,19 +415,6 @@ def test_any_interleaving_of_operations_and_flushes_matches_a_model(
 # -- fork, exit without close(), absent agents ------------------------------------------------
 
 
-def run_in_child(body: Callable[[], int]) -> int:
-    """Fork; the child runs ``body`` and leaves with its return code via os._exit."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 70
-        try:
-            code = body()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
 def test_fork_with_unsent_changes_on_the_same_series_sends_each_once(
     udp_sink: sinks.UdpLineSink, backend: str
@@ -465,7 +438,7 @@ def test_fork_with_unsent_changes_on_the_same_series_sends_each_once(
         m.flush()
         return 0
 
-    assert run_in_child(in_child) == 0
+    assert sinks.run_in_child(in_child) == 0
     m.close()
     counter, histogram, gauge = ("fork.requests", ()), ("fork.size_bytes", ()), ("fork.level", ())
     lines = udp_sink.wait(lambda lines: AgentView.of(lines).counters.get(counter) == 3070)

@@ -19,7 +19,6 @@ backends (here the memory backend), never to the failing one, so the counts are 
 from __future__ import annotations
 
 import gc
-import os
 import socket
 import struct
 import threading
@@ -38,26 +37,12 @@ DROPS = "metricsfacade_backend_dropped_total"
 THREAD_PREFIX = "metricsfacade-"
 #: flush_interval_secs long enough that only explicit flush() calls send a partial packet
 NEVER = 3600
-DD_VARIABLES = (
-    "DD_AGENT_HOST",
-    "DD_DOGSTATSD_PORT",
-    "DD_DOGSTATSD_URL",
-    "DD_DOGSTATSD_DISABLE",
-    "DD_ENTITY_ID",
-    "DD_ENV",
-    "DD_EXTERNAL_ENV",
-    "DD_ORIGIN_DETECTION_ENABLED",
-    "DD_SERVICE",
-    "DD_VERSION",
-    "DD_TELEMETRY_HOST",
-    "DD_TELEMETRY_PORT",
-)
 
 
 @pytest.fixture(autouse=True)
 def _no_datadog_environment(monkeypatch):
     """DogStatsd reads where the agent is and extra tags from DD_* variables."""
-    for name in DD_VARIABLES:
+    for name in sinks.DD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -604,19 +589,6 @@ def test_one_backend_raising_on_send_never_affects_the_others(monkeypatch, agent
 # -- fork --------------------------------------------------------------------------------------
 
 
-def run_in_child(body: Callable[[], int]) -> int:
-    """Fork; the child runs ``body`` and leaves with its return code via os._exit."""
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 70
-        try:
-            code = body()
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
-
-
 def udp_table(backend: str, port: int, interval: float) -> dict[str, Any]:
     return {backend: {"host": "127.0.0.1", "port": port, "flush_interval_secs": interval}}
 
@@ -652,7 +624,7 @@ def test_fork_child_sends_only_its_own_lines_on_its_own_socket(backend, udp_agen
             m.flush()
             return 0
 
-        assert run_in_child(in_child) == 0
+        assert sinks.run_in_child(in_child) == 0
         m.flush()
         parent_lines = [b"demo.parent:6|c"]  # the three increments, summed
         expected = [*parent_lines, b"demo.child:9|c"]
@@ -677,7 +649,7 @@ def test_fork_child_exiting_without_flush_loses_only_its_own_lines(backend, udp_
             child.inc(9)
             return 0  # os._exit: no flush, no atexit
 
-        assert run_in_child(in_child) == 0
+        assert sinks.run_in_child(in_child) == 0
         m.flush()
         parent_lines = [b"demo.parent:6|c"]
         assert agent.receive(lambda: all(line in agent.lines() for line in parent_lines))
@@ -701,7 +673,7 @@ def test_fork_child_flushes_on_its_own_interval(backend, udp_agent):
             time.sleep(0.5)  # ten flush intervals, and no explicit flush
             return 0
 
-        assert run_in_child(in_child) == 0, "the forked child has no flusher thread"
+        assert sinks.run_in_child(in_child) == 0, "the forked child has no flusher thread"
         assert agent.receive(lambda: b"demo.child:9|c" in agent.lines(), timeout=2.0), (
             "the child's line was never flushed on its interval"
         )

@@ -56,16 +56,7 @@ def new_facade() -> Iterator[NewFacade]:
 @pytest.fixture
 def no_dd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """DogStatsd reads DD_* variables (DD_ENV, DD_SERVICE... become tags): none here."""
-    for name in [
-        "DATADOG_TAGS",
-        "DD_AGENT_HOST",
-        "DD_DOGSTATSD_PORT",
-        "DD_DOGSTATSD_URL",
-        "DD_ENTITY_ID",
-        "DD_ENV",
-        "DD_SERVICE",
-        "DD_VERSION",
-    ]:
+    for name in sinks.DD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
+import sinks
 import strict_statsd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -32,23 +33,6 @@ from strict_statsd import Line, MalformedLine, format_line, parse_datagram, pars
 
 import metricsfacade as mf
 
-#: DogStatsd reads these itself; cleared for every test so the host's environment can't leak.
-DD_VARIABLES = (
-    "DD_AGENT_HOST",
-    "DD_DOGSTATSD_PORT",
-    "DD_DOGSTATSD_URL",
-    "DD_DOGSTATSD_DISABLE",
-    "DD_ENV",
-    "DD_SERVICE",
-    "DD_VERSION",
-    "DD_ENTITY_ID",
-    "DD_TELEMETRY_HOST",
-    "DD_TELEMETRY_PORT",
-    "DATADOG_TAGS",
-    "DD_TAGS",
-    "DD_EXTERNAL_ENV",
-    "DD_ORIGIN_DETECTION_ENABLED",
-)
 UNSAFE = "|:#,@;="
 MAX_VALUE_BYTES = 200
 UDP_MAX_PACKET = 1432
@@ -367,7 +351,7 @@ def check_framing(datagrams: list[bytes], max_size: int) -> None:
 
 @pytest.fixture(autouse=True)
 def _no_datadog_environment(monkeypatch):
-    for name in DD_VARIABLES:
+    for name in sinks.DD_VARIABLES:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -868,7 +852,7 @@ EXIT_SCRIPT = textwrap.dedent(
 def test_lines_delivered_at_interpreter_exit_without_close(backend):
     rx = Receiver()
     try:
-        env = {k: v for k, v in os.environ.items() if k not in DD_VARIABLES}
+        env = {k: v for k, v in os.environ.items() if k not in sinks.DD_VARIABLES}
         result = subprocess.run(
             [sys.executable, "-c", EXIT_SCRIPT, backend, str(rx.port)],
             env=env,
@@ -952,7 +936,7 @@ def shared_wire(request) -> Iterator[SharedWire]:
     """One facade and socket per configuration, reused by many examples."""
     backend, settings = CONFIGS[request.param]
     with pytest.MonkeyPatch.context() as patch:
-        for name in DD_VARIABLES:
+        for name in sinks.DD_VARIABLES:
             patch.delenv(name, raising=False)
         rx = Receiver()
         table = {"host": "127.0.0.1", "port": rx.port, "max_packet_size": 60_000, **settings}
