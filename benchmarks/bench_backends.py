@@ -38,6 +38,13 @@ import strict_statsd  # noqa: E402  (the tests' strict parser reads what arrives
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
+DOG_AGGREGATED = (
+    "from datadog.dogstatsd.base import DogStatsd\n"
+    "dog = DogStatsd(host='127.0.0.1', port=PORT, disable_buffering=False,"
+    " disable_aggregation=False, disable_telemetry=True)\n"
+)
+DOG_CLOSE = "dog.flush_aggregated_metrics(); dog.flush(); dog.close_socket()"
+
 #: row -> (setup, one operation, close, kind of operation, threads). ``PORT`` is the
 #: receiver's port; every row names its metric "bench.<something>".
 ROWS: dict[str, tuple[str, str, str, str, int]] = {
@@ -64,11 +71,9 @@ ROWS: dict[str, tuple[str, str, str, str, int]] = {
         1,
     ),
     "DogStatsd buffered + aggregated": (
-        "from datadog.dogstatsd.base import DogStatsd\n"
-        "dog = DogStatsd(host='127.0.0.1', port=PORT, disable_buffering=False,"
-        " disable_aggregation=False, disable_telemetry=True)\n",
+        DOG_AGGREGATED,
         "dog.increment('bench.requests', tags=TAGS)",
-        "dog.flush_aggregated_metrics(); dog.flush(); dog.close_socket()",
+        DOG_CLOSE,
         "counter",
         1,
     ),
@@ -101,11 +106,9 @@ ROWS: dict[str, tuple[str, str, str, str, int]] = {
         1,
     ),
     "DogStatsd buffered + aggregated, 4 threads": (
-        "from datadog.dogstatsd.base import DogStatsd\n"
-        "dog = DogStatsd(host='127.0.0.1', port=PORT, disable_buffering=False,"
-        " disable_aggregation=False, disable_telemetry=True)\n",
+        DOG_AGGREGATED,
         "dog.increment('bench.requests', tags=TAGS)",
-        "dog.flush_aggregated_metrics(); dog.flush(); dog.close_socket()",
+        DOG_CLOSE,
         "counter",
         4,
     ),
@@ -122,7 +125,7 @@ ROWS: dict[str, tuple[str, str, str, str, int]] = {
         " disable_aggregation=False, max_metric_samples_per_context=1000,"
         " disable_telemetry=True)\n",
         "dog.histogram('bench.size', 42.0, tags=TAGS)",
-        "dog.flush_aggregated_metrics(); dog.flush(); dog.close_socket()",
+        DOG_CLOSE,
         "histogram",
         1,
     ),
