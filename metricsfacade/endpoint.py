@@ -1,32 +1,30 @@
 """The HTTP endpoint: ``<path>`` (default /metrics), ``/health`` and ``/ready``.
 
+The routes themselves are ``metricsfacade.web.routes``, shared with the mountable ASGI and
+WSGI apps; this module is the server: sockets, TLS, threads.
+
 A ThreadingHTTPServer on its own daemon thread, so it never blocks an asyncio loop and a slow
-scrape never blocks another. Errors are logged here and answered with a short status line:
+scrape never blocks another. Errors are logged and answered with a short status line:
 no traceback ever reaches a response.
 """
 
 from __future__ import annotations
 
-import base64
 import errno
-import gzip
-import hmac
-import json
 import logging
 import socket
 import ssl
 import threading
-from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from metricsfacade.config import MetricsConfig
 from metricsfacade.errors import EndpointError
 from metricsfacade.readiness import ReadinessChecks
+from metricsfacade.web.routes import Render, Request, Response, Routes
 
 logger = logging.getLogger("metricsfacade.endpoint")
 
-Render = Callable[[str | None], tuple[bytes, str]]
 #: Seconds a connection may stay idle before the server drops it (slow or stuck clients).
 REQUEST_TIMEOUT_SECS = 10.0
 
@@ -49,7 +47,7 @@ class Endpoint:
     ) -> None:
         self._config = config
         self._render = render
-        self._readiness = readiness
+        self._routes = Routes(lambda: config, lambda: self._render, readiness)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -114,69 +112,18 @@ class Endpoint:
             self._thread.join(timeout=5)
             self._thread = None
 
-    # -- request handling, called from the handler ----------------------------------------
-
-    def respond(self, request: BaseHTTPRequestHandler) -> tuple[int, dict[str, str], bytes]:
-        path = request.path.split("?", 1)[0]
-        config = self._config
-        if path == "/health":
-            return _json(200, {"status": "ok"})
-        if path == "/ready":
-            failures = self._readiness.failures(config.readiness_timeout_secs)
-            if failures:
-                return _json(503, {"status": "not ready", "failing": failures})
-            return _json(200, {"status": "ready"})
-        if path != config.path:
-            return _text(404, "not found\n")
-        if config.auth_username is not None and not self._authorized(request):
-            status, headers, body = _text(401, "authentication required\n")
-            headers["WWW-Authenticate"] = 'Basic realm="metrics", charset="UTF-8"'
-            return status, headers, body
-        if self._render is None:
-            return _text(404, "no prometheus backend is configured\n")
-        body, content_type = self._render(request.headers.get("Accept"))
-        headers = {"Content-Type": content_type}
-        if _accepts_gzip(request.headers.get("Accept-Encoding", "")):
-            body = gzip.compress(body, compresslevel=6)
-            headers["Content-Encoding"] = "gzip"
-        return 200, headers, body
-
-    def _authorized(self, request: BaseHTTPRequestHandler) -> bool:
-        expected = f"{self._config.auth_username}:{self._config.auth_password}".encode()
-        header = request.headers.get("Authorization", "")
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            given = base64.b64decode(encoded.strip(), validate=True)
-        except ValueError:
-            return False
-        return hmac.compare_digest(given, expected)
-
-
-def _accepts_gzip(accept_encoding: str) -> bool:
-    """True when the client accepts gzip with a non-zero quality; an explicit ``gzip`` entry
-    overrides ``*`` (so ``*, gzip;q=0`` means no)."""
-    qualities: dict[str, float] = {}
-    for item in accept_encoding.split(","):
-        coding, _, params = item.strip().partition(";")
-        quality = 1.0
-        params = params.strip().lower()
-        if params.startswith("q="):
-            try:
-                quality = float(params[2:])
-            except ValueError:
-                quality = 0.0
-        qualities[coding.strip().lower()] = quality
-    return qualities.get("gzip", qualities.get("*", 0.0)) > 0
-
-
-def _json(status: int, payload: object) -> tuple[int, dict[str, str], bytes]:
-    return status, {"Content-Type": "application/json"}, json.dumps(payload).encode() + b"\n"
-
-
-def _text(status: int, text: str) -> tuple[int, dict[str, str], bytes]:
-    return status, {"Content-Type": "text/plain; charset=utf-8"}, text.encode()
+    def respond(self, request: BaseHTTPRequestHandler) -> Response:
+        """The shared routes' answer to a request from the handler."""
+        headers = request.headers
+        return self._routes.respond(
+            Request(
+                method=request.command,
+                path=request.path.split("?", 1)[0],
+                accept=headers.get("Accept"),
+                accept_encoding=headers.get("Accept-Encoding", ""),
+                authorization=headers.get("Authorization", ""),
+            )
+        )
 
 
 def _make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
@@ -185,39 +132,25 @@ def _make_handler(endpoint: Endpoint) -> type[BaseHTTPRequestHandler]:
         sys_version = ""
         timeout = REQUEST_TIMEOUT_SECS
 
-        def do_GET(self) -> None:
-            self._answer(send_body=True)
-
         def do_HEAD(self) -> None:
             self._answer(send_body=False)
 
-        def _not_allowed(self) -> None:
-            status, headers, body = _text(405, "method not allowed\n")
-            headers["Allow"] = "GET, HEAD"
-            self._send(status, headers, body, send_body=True)
-
         def __getattr__(self, name: str) -> Any:
-            """Any other method (POST, PUT, even made-up ones) gets 405, not http.server's 501."""
+            """Every other method (POST, PUT, even made-up ones) goes to the routes, which
+            answer 405 rather than http.server's 501."""
             if name.startswith("do_"):
-                return self._not_allowed
+                return self._answer
             raise AttributeError(name)
 
-        def _answer(self, send_body: bool) -> None:
-            try:
-                status, headers, body = endpoint.respond(self)
-            except Exception:
-                logger.exception("metricsfacade endpoint: %s %s failed", self.command, self.path)
-                status, headers, body = _text(500, "internal error; see the server log\n")
-            self._send(status, headers, body, send_body)
-
-        def _send(self, status: int, headers: dict[str, str], body: bytes, send_body: bool) -> None:
-            self.send_response(status)
-            for name, value in headers.items():
+        def _answer(self, send_body: bool = True) -> None:
+            response = endpoint.respond(self)
+            self.send_response(response.status)
+            for name, value in response.headers.items():
                 self.send_header(name, value)
-            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Content-Length", str(len(response.body)))
             self.end_headers()
             if send_body:
-                self.wfile.write(body)
+                self.wfile.write(response.body)
 
         def log_message(self, format: str, *args: Any) -> None:
             logger.debug("metricsfacade endpoint: " + format, *args)
