@@ -337,3 +337,41 @@ def test_an_unresolvable_agent_host_is_counted_and_the_flusher_lives_on(monkeypa
 def test_settings_that_cannot_work_are_refused_at_configure(config):
     with pytest.raises(mf.ConfigError):
         mf.Metrics(config, environ={})
+
+
+def test_a_flush_to_a_tcp_agent_that_never_reads_blocks_its_caller_briefly():
+    """The agent accepts and never reads; a flush with far more than its buffers take
+    fails at the 0.5 s send timeout (counted), and the next one skips it (backoff)."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    table = {"protocol": "tcp", "port": listener.getsockname()[1], "flush_interval_secs": 3600}
+    m = mf.Metrics(
+        {
+            "port": None,
+            "backends": ["statsd", "memory"],
+            "statsd": table,
+            "cardinality_limit": 100_000,
+        },
+        environ={},
+    )
+    try:
+        counter = m.counter("stalled_requests_total", "h", labels=["path"])
+        for index in range(50_000):  # 50,000 lines of ~60 bytes: megabytes in one flush
+            counter.labels(f"/{'x' * 30}/{index}").inc()
+        started = time.monotonic()
+        m.flush()
+        first = time.monotonic() - started
+        counter.labels("/again").inc()
+        started = time.monotonic()
+        m.flush()
+        second = time.monotonic() - started
+        drops = m.backend("memory").records("metricsfacade_backend_dropped_total")
+        reasons = {record.labels["reason"] for record in drops if record.value}
+        assert "send_failed" in reasons, drops
+        assert first < 2.0, f"the first flush blocked its caller {first:.2f} s"
+        assert second < 0.5, f"a flush during the backoff blocked {second:.2f} s"
+    finally:
+        m.close()
+        listener.close()

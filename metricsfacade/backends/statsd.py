@@ -20,6 +20,9 @@ from metricsfacade.config import MetricsConfig, StatsdSettings
 UDP_MAX_PACKET = 1432
 STREAM_MAX_PACKET = 8192
 CONNECT_TIMEOUT_SECS = 2.0
+#: An agent that cannot take one packet in this long is stalled: the send fails (counted),
+#: and later flushes skip it during the backoff, so a flush() never blocks its caller long.
+SEND_TIMEOUT_SECS = 0.5
 
 
 class UdpTransport:
@@ -69,6 +72,7 @@ class StreamTransport:
         sock = self._sock
         if sock is None:
             sock = self._sock = self._connect()
+            sock.settimeout(SEND_TIMEOUT_SECS)
         sock.sendall(payload)  # a local: reset() from another thread makes this fail
 
     def _connect(self) -> socket.socket:
