@@ -167,6 +167,19 @@ class Metrics:
     def remove_readiness_check(self, name: str) -> None:
         self._readiness.remove(name)
 
+    def asgi_app(self) -> Callable[..., Any]:
+        """A ``MetricsASGIApp`` serving this facade's exposition, /health and /ready from the
+        service's own ASGI server: ``app.mount("/metrics", m.asgi_app())``."""
+        from metricsfacade.web.apps import MetricsASGIApp, facade_routes
+
+        return MetricsASGIApp(facade_routes(self, self._readiness))
+
+    def wsgi_app(self) -> Callable[..., Any]:
+        """A ``MetricsWSGIApp`` serving the same routes from the service's WSGI server."""
+        from metricsfacade.web.apps import MetricsWSGIApp, facade_routes
+
+        return MetricsWSGIApp(facade_routes(self, self._readiness))
+
     def find(self, name: str) -> MetricHandle[Any] | None:
         """The metric declared under ``name`` (a counter also as ``name`` + ``_total``)."""
         if not isinstance(name, str):
