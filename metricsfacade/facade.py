@@ -170,13 +170,13 @@ class Metrics:
     def asgi_app(self) -> Callable[..., Any]:
         """A ``MetricsASGIApp`` serving this facade's exposition, /health and /ready from the
         service's own ASGI server: ``app.mount("/metrics", m.asgi_app())``."""
-        from metricsfacade.web.apps import MetricsASGIApp, facade_routes
+        from metricsfacade.web.apps import MetricsASGIApp, facade_routes  # noqa: PLC0415 (on use)
 
         return MetricsASGIApp(facade_routes(self, self._readiness))
 
     def wsgi_app(self) -> Callable[..., Any]:
         """A ``MetricsWSGIApp`` serving the same routes from the service's WSGI server."""
-        from metricsfacade.web.apps import MetricsWSGIApp, facade_routes
+        from metricsfacade.web.apps import MetricsWSGIApp, facade_routes  # noqa: PLC0415 (on use)
 
         return MetricsWSGIApp(facade_routes(self, self._readiness))
 
