@@ -1,28 +1,51 @@
 """``metricsfacade check``: validate a config, then prove each backend can take a metric.
 
-Each backend gets the counter ``metricsfacade_check_total`` and a verdict: Prometheus by
-fetching it back from the running endpoint (or the exposition, with no endpoint); StatsD and
-Datadog by delivering it without a counted drop and, on UDP where a send alone proves
-nothing, by a connected probe that hears a refusal when no agent listens.
+Each backend gets the counter ``metricsfacade_check_total`` and a verdict. Prometheus: the
+value is read back from the running endpoint (or the exposition, with no endpoint), parsed
+as an exposition, whatever the labels (``common_labels``). StatsD and Datadog: the counter's
+own line is delivered without a counted drop (``metricsfacade_backend_dropped_total``, read
+through a memory backend the check adds).
+
+On UDP a send alone proves nothing, and the check sends the agent nothing but that line:
+no separate probe, no placeholder metric. The backend's socket is connected, so the ICMP
+"port unreachable" answering a datagram sent to an absent agent makes the next send on that
+socket fail. So on UDP the counter is incremented and flushed twice, ``PROBE_WAIT_SECS``
+apart: an agent that listens receives the check line twice (``metricsfacade.check:1|c``, the
+counter at 2); an absent one refuses the first, the second send hears it, and the backend
+counts both as ``send_failed``. (An empty datagram would probe as well, but it is still a
+datagram the agent did not ask for; the check line is one it counts anyway.) Each push
+backend runs in a facade of its own, so what one backend counts as undeliverable is never
+sent to another agent as a line of its own.
+
+Every configuration error names its origin: the file given with ``--config`` (with the
+environment variables when they caused it), and never ends in a traceback.
 """
 
 from __future__ import annotations
 
+import base64
+import math
+import os
 import socket
+import ssl
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 import attrs
 
 from metricsfacade.backends.base import Backend
 from metricsfacade.config import ConfigSource, MetricsConfig, load_config
-from metricsfacade.errors import ConfigError, MetricsError
+from metricsfacade.errors import ConfigError, DeclarationError, MetricsError
 from metricsfacade.facade import Metrics
 
 CHECK_METRIC = "metricsfacade_check_total"
 EXIT_OK, EXIT_BACKEND_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
+PUSH_BACKENDS = ("statsd", "datadog")
+#: how long an absent UDP agent's ICMP refusal gets to come back before the second send
+PROBE_WAIT_SECS = 0.1
+FETCH_TIMEOUT_SECS = 5.0
 
 
 @attrs.frozen
@@ -32,29 +55,39 @@ class Verdict:
     detail: str
 
 
-def run_check(source: ConfigSource, out: TextIO) -> int:
+def run_check(
+    source: ConfigSource, out: TextIO, *, environ: Mapping[str, str] | None = None
+) -> int:
     """Print the resolved setup and a verdict per backend; return the exit status."""
+    environ = os.environ if environ is None else environ
     try:
-        config = load_config(source)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=out)
+        config = load_config(source, environ=environ)
+    except Exception as exc:  # a config error, or a file tomllib cannot read: one line
+        print(f"configuration error: {_config_error(source, exc)}", file=out)
         return EXIT_CONFIG_ERROR
-    _describe(config, out)
+    backends = f"backends: {', '.join(config.backends) or '(none)'}"
     if not config.enabled:
-        print("metrics are disabled (enabled = false): nothing to check", file=out)
+        print(f"{backends}\nmetrics are disabled (enabled = false): nothing to check", file=out)
         return EXIT_OK
-    with_memory = ("memory",) if "memory" not in config.backends else ()
+    facades: dict[str, Metrics] = {}
     try:
-        facade = Metrics(
-            attrs.evolve(config, backends=(*config.backends, *with_memory)), environ={}
-        )
-    except MetricsError as exc:
-        print(f"FAILED to start: {exc}", file=out)
+        for name, facade_config in _facade_configs(config).items():
+            facades[name] = Metrics(facade_config, environ={})
+    except (ConfigError, DeclarationError) as exc:  # e.g. custom_metrics vs common_labels
+        _close_all(facades)
+        print(f"configuration error: {_config_error(source, exc, _declares)}", file=out)
+        return EXIT_CONFIG_ERROR
+    except Exception as exc:  # a busy port, a missing extra, an unreadable certificate
+        _close_all(facades)
+        detail = str(exc) if isinstance(exc, MetricsError) else f"{type(exc).__name__}: {exc}"
+        print(f"{backends}\nFAILED to start: {detail}", file=out)
         return EXIT_BACKEND_FAILED
+    print(backends, file=out)
     try:
-        verdicts = _check_backends(facade, config)
+        _describe_endpoint(config, facades[""], out)
+        verdicts = _check_backends(facades, config)
     finally:
-        facade.close()
+        _close_all(facades)
     for verdict in verdicts:
         print(
             f"  {verdict.backend:<10} {'ok    ' if verdict.ok else 'FAILED'} {verdict.detail}",
@@ -63,21 +96,66 @@ def run_check(source: ConfigSource, out: TextIO) -> int:
     return EXIT_OK if all(verdict.ok for verdict in verdicts) else EXIT_BACKEND_FAILED
 
 
-def _describe(config: MetricsConfig, out: TextIO) -> None:
-    print(f"backends: {', '.join(config.backends) or '(none)'}", file=out)
-    if config.port is None:
+def _config_error(
+    source: ConfigSource, exc: Exception, recheck: Callable[[MetricsConfig], object] = id
+) -> str:
+    """The message, naming the config file when there is one and the message does not.
+    ``recheck`` repeats, on the file's settings alone, what failed after loading."""
+    message = str(exc) if isinstance(exc, MetricsError) else _unreadable(exc)
+    if not isinstance(source, (str, os.PathLike)):
+        return message
+    path = os.fspath(source)
+    if message.startswith(f"{path}:"):
+        return message
+    if "environment variable" in message:
+        return f"{message} (applied over the config file {path})"
+    try:  # a rule spanning several settings: did the file alone break it?
+        recheck(load_config(source, environ={}))
+    except Exception:
+        return f"{path}: {message}"
+    return f"{path} with the METRICSFACADE_* environment variables: {message}"
+
+
+def _declares(config: MetricsConfig) -> None:
+    """Declare the config's metrics as a start does, starting no backend and no endpoint."""
+    Metrics(attrs.evolve(config, enabled=False), environ={}).close()
+
+
+def _unreadable(exc: Exception) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return f"cannot read config: not UTF-8 text ({exc})"
+    return f"cannot read config: {type(exc).__name__}: {exc}"
+
+
+def _facade_configs(config: MetricsConfig) -> dict[str, MetricsConfig]:
+    """The facades to start: ``""`` with the endpoint and every backend but the push ones,
+    plus a memory backend; one per push backend, with a memory backend and no endpoint."""
+    others = tuple(name for name in config.backends if name not in PUSH_BACKENDS)
+    with_memory = () if "memory" in others else ("memory",)
+    configs = {"": attrs.evolve(config, backends=(*others, *with_memory))}
+    for name in config.backends:
+        if name in PUSH_BACKENDS:
+            configs[name] = attrs.evolve(config, backends=(name, "memory"), port=None)
+    return configs
+
+
+def _close_all(facades: Mapping[str, Metrics]) -> None:
+    for facade in facades.values():
+        facade.close()
+
+
+def _describe_endpoint(config: MetricsConfig, facade: Metrics, out: TextIO) -> None:
+    url = facade.endpoint_url
+    if url is None:
         print("endpoint: none (port is off)", file=out)
-    else:
-        scheme = "https" if config.tls_cert else "http"
-        print(
-            f"endpoint: {scheme}://{config.bind}:{config.port}{config.path} (also /health, /ready)",
-            file=out,
-        )
+    else:  # the real port, also when port = 0 had the system pick one
+        print(f"endpoint: {url}{config.path} (also /health, /ready)", file=out)
 
 
-def _check_backends(facade: Metrics, config: MetricsConfig) -> list[Verdict]:
-    facade._internal_counter(CHECK_METRIC, "Sent by `metricsfacade check`").inc()
-    facade.flush()
+def _check_backends(facades: Mapping[str, Metrics], config: MetricsConfig) -> list[Verdict]:
+    main = facades[""]
+    # _internal_counter: the public counter() refuses the reserved ``metricsfacade_`` prefix.
+    main._internal_counter(CHECK_METRIC, "Sent by `metricsfacade check`").inc()
     checks: dict[str, Callable[[Metrics, Backend], Verdict]] = {
         "prometheus": _check_prometheus,
         "statsd": _check_push,
@@ -86,12 +164,12 @@ def _check_backends(facade: Metrics, config: MetricsConfig) -> list[Verdict]:
     verdicts = []
     for name in config.backends:
         check = checks.get(name)
-        backend = facade.backend(name)
         if check is None:
             verdicts.append(Verdict(name, True, "in-process, nothing to reach"))
             continue
+        facade = facades.get(name, main)
         try:
-            verdicts.append(check(facade, backend))
+            verdicts.append(check(facade, facade.backend(name)))
         except Exception as exc:  # a check must report, never crash the command
             verdicts.append(Verdict(name, False, f"{type(exc).__name__}: {exc}"))
     return verdicts
@@ -103,31 +181,71 @@ def _check_prometheus(facade: Metrics, backend: Backend) -> Verdict:
         where = "in the exposition (no endpoint: port is off)"
     else:
         url = f"{facade.endpoint_url}{facade.config.path if facade.config else '/metrics'}"
-        with urllib.request.urlopen(url, timeout=5) as response:
-            text = response.read().decode()
+        text = _fetch(url, facade.config)
         where = f"at {url}"
-    if f"{CHECK_METRIC} 1.0" in text:
+    value = _exposed_value(text, CHECK_METRIC)
+    if value == 1:
         return Verdict("prometheus", True, f"{CHECK_METRIC} served {where}")
-    return Verdict("prometheus", False, f"{CHECK_METRIC} missing {where}")
+    if value is None:
+        return Verdict("prometheus", False, f"{CHECK_METRIC} missing {where}")
+    return Verdict("prometheus", False, f"{CHECK_METRIC} is {value:g} {where}, not 1")
+
+
+def _fetch(url: str, config: MetricsConfig | None) -> str:
+    """GET our own endpoint, with its basic auth, trusting its own certificate."""
+    request = urllib.request.Request(url)
+    context = None
+    if config is not None and config.auth_username is not None:
+        credentials = f"{config.auth_username}:{config.auth_password}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(credentials).decode()}")
+    if config is not None and config.tls_cert is not None:
+        context = ssl.create_default_context(cafile=config.tls_cert)
+        context.check_hostname = False  # the endpoint's own certificate, whatever it names
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN  # a leaf or self-signed cert
+    with urllib.request.urlopen(request, timeout=FETCH_TIMEOUT_SECS, context=context) as answer:
+        return str(answer.read().decode())
+
+
+def _exposed_value(text: str, sample_name: str) -> float | None:
+    """The sum of a metric's samples over every label set, or None when it has none."""
+    from prometheus_client.parser import (  # noqa: PLC0415 - the prometheus extra, if any
+        text_string_to_metric_families,
+    )
+
+    values = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == sample_name
+    ]
+    return math.fsum(values) if values else None
 
 
 def _check_push(facade: Metrics, backend: Backend) -> Verdict:
     target, udp_address = _target(backend)
-    probe_error = _probe_udp(udp_address) if udp_address else None
-    time.sleep(0.05)
+    if udp_address is not None:
+        unresolved = _unresolvable(udp_address)
+        if unresolved:
+            return Verdict(backend.name, False, f"cannot resolve {target}: {unresolved}")
+    counter = facade._internal_counter(CHECK_METRIC, "Sent by `metricsfacade check`")
+    counter.inc()
     facade.flush()
+    if udp_address is not None:  # the second send hears the refusal of the first
+        time.sleep(PROBE_WAIT_SECS)
+        counter.inc()
+        facade.flush()
     dropped = _dropped_lines(facade, backend.name)
-    if probe_error:
-        return Verdict(backend.name, False, f"nothing listens on {target}: {probe_error}")
+    reasons = ", ".join(f"{reason}={count:g}" for reason, count in dropped.items())
+    if dropped and udp_address is not None:
+        return Verdict(backend.name, False, f"nothing listens on {target} ({reasons})")
     if dropped:
-        reasons = ", ".join(f"{reason}={count:g}" for reason, count in dropped.items())
         return Verdict(backend.name, False, f"could not deliver to {target} ({reasons})")
-    note = " (UDP: no refusal heard)" if udp_address else ""
+    note = " (UDP: sent twice, no refusal heard)" if udp_address else ""
     return Verdict(backend.name, True, f"{CHECK_METRIC} sent to {target}{note}")
 
 
 def _target(backend: Backend) -> tuple[str, tuple[str, int] | None]:
-    """A readable destination, and the UDP address to probe when the transport is UDP."""
+    """A readable destination, and the UDP address when the transport is UDP."""
     client = getattr(backend, "client", None)  # the Datadog backend's DogStatsd
     if client is not None:
         if client.socket_path:
@@ -140,18 +258,12 @@ def _target(backend: Backend) -> tuple[str, tuple[str, int] | None]:
     return target, ((settings.host, settings.port) if settings.protocol == "udp" else None)
 
 
-def _probe_udp(address: tuple[str, int]) -> str | None:
-    """A connected UDP socket learns of an ICMP 'port unreachable' on its next send."""
-    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-    line = f"{CHECK_METRIC.replace('_', '.', 1)}:0|c".encode()
-    with socket.socket(family, socket.SOCK_DGRAM) as probe:
-        try:
-            probe.connect(address)
-            probe.send(line)
-            time.sleep(0.05)
-            probe.send(line)
-        except OSError as exc:
-            return exc.strerror or str(exc)
+def _unresolvable(address: tuple[str, int]) -> str | None:
+    """Why the agent's host name does not resolve (no packet goes to the agent), or None."""
+    try:
+        socket.getaddrinfo(*address, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        return str(exc)
     return None
 
 
