@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -473,18 +474,27 @@ def load_config(
         values, origin, prefix = {}, "defaults", ""
     else:
         values, origin, prefix = _read_toml(Path(source))
-    config = _build(MetricsConfig, values, origin, prefix)
-    config = _apply_env(config, environ)
-    _check_consistency(config)
+    built = _build(MetricsConfig, values, origin, prefix)
+    config = _apply_env(built, environ)
+    try:
+        _check_consistency(config)
+    except ConfigError as exc:  # name where the settings came from, as every error does
+        if config != built:
+            origin = f"{origin} with the METRICSFACADE_* environment variables"
+        raise ConfigError(f"{origin}: {prefix}{exc}") from None
     return config
 
 
 def _read_toml(path: Path) -> tuple[dict[str, Any], str, str]:
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO would block the reader forever
+            raise ConfigError(f"{path}: cannot read config: not a regular file")
         with path.open("rb") as handle:
             document = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: cannot read config: not UTF-8 text ({exc})") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config: {exc}") from None
     table = document.get("metrics")

@@ -217,8 +217,15 @@ def test_a_configuration_error_names_the_file(tmp_path, text, message):
     assert len(result.stdout.splitlines()) == 1
 
 
-def test_a_directory_or_a_missing_file_is_named(tmp_path):
-    for path, message in [(tmp_path, "Is a directory"), (tmp_path / "no.toml", "not found")]:
+def test_a_directory_a_fifo_or_a_missing_file_is_named(tmp_path):
+    """A FIFO is refused, not opened: reading it would wait for a writer forever."""
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    for path, message in [
+        (tmp_path, "not a regular file"),
+        (fifo, "not a regular file"),
+        (tmp_path / "no.toml", "not found"),
+    ]:
         result = run_check(path)
         assert result.returncode == 2, result.stdout + result.stderr
         assert result.stderr == ""
