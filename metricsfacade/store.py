@@ -8,8 +8,8 @@ values survive a re-configure and a counter never goes backwards.
 Each cell has its own lock: recording takes one uncontended lock, the same cost
 prometheus-client pays, and readers copy values under it, so a histogram's +Inf bucket always
 equals its count. After ``os.fork()`` every lock is made anew in the child (a parent thread
-may have held one) and the child's push baseline starts at the inherited values, so nothing
-the parent recorded is sent twice.
+may have held one) and what the parent had not pushed yet is left to the parent, so nothing
+is sent twice.
 """
 
 from __future__ import annotations
@@ -245,8 +245,8 @@ Change = tuple[MetricSpec, tuple[str, ...], float]
 
 @attrs.frozen
 class Changes:
-    """What the push backends send at one flush: counter increases, gauges whose value
-    changed, and the histogram observations taken since the previous flush."""
+    """What the push backends send at one flush: counter increases, the values of gauges
+    written, and the histogram observations taken since the previous flush."""
 
     counters: list[Change]
     gauges: list[Change]
