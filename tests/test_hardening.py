@@ -375,3 +375,37 @@ def test_a_flush_to_a_tcp_agent_that_never_reads_blocks_its_caller_briefly():
     finally:
         m.close()
         listener.close()
+
+
+class CountingDict(dict):  # type: ignore[type-arg]
+    """A dict that counts the walks over it."""
+
+    walks = 0
+
+    def values(self):  # type: ignore[override]
+        CountingDict.walks += 1
+        return super().values()
+
+    def items(self):  # type: ignore[override]
+        CountingDict.walks += 1
+        return super().items()
+
+    def __iter__(self):  # type: ignore[override]
+        CountingDict.walks += 1
+        return super().__iter__()
+
+
+def test_declaring_never_walks_the_declared_metrics():
+    """Declaring 2,000 custom metrics by name does dictionary lookups only: no declaration
+    walks the metrics declared before it (that made 10,000 declarations take 109 s)."""
+    m = mf.Metrics({"port": None, "backends": ["memory"]}, environ={})
+    try:
+        m._handles = CountingDict(m._handles)
+        CountingDict.walks = 0
+        custom = mf.CustomMetrics(m)
+        for index in range(2000):
+            custom.increment(f"hostile_job_{index}_total")
+        assert CountingDict.walks == 0
+        assert len(m._handles) >= 2000
+    finally:
+        m.close()
