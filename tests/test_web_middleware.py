@@ -365,3 +365,21 @@ def test_a_request_is_recorded_before_its_last_byte_reaches_the_client(
     assert observations(
         metrics, "http_response_size_bytes", method="GET", route="/items/{item_id}"
     ) == [2]
+
+
+def test_routes_under_mounts_keep_every_template(metrics: mf.Metrics) -> None:
+    async def item(request: Any) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    inner = Starlette(routes=[starlette_routing.Route("/x/{y:int}", item)])
+    outer = Starlette(
+        routes=[
+            starlette_routing.Mount("/t/{tenant}", inner),
+            starlette_routing.Mount("/ops", metrics.asgi_app()),
+        ]
+    )
+    app = ASGIMetricsMiddleware(outer, metrics=metrics, exclude_paths=[])
+    for path in ("/t/a/x/1", "/t/b/x/2", "/ops/health"):
+        asyncio.run(call_asgi(app, http_scope(path)))
+    records = metrics.backend("memory").records("http_requests_total")  # type: ignore[attr-defined]
+    assert {r.labels["route"]: r.value for r in records} == {"/t/{tenant}/x/{y}": 2, "/ops": 1}

@@ -55,8 +55,11 @@ def asgi_route(scope: Mapping[str, Any], method: str, path: str, root_path: str)
     template = getattr(route, "path", None)
     if isinstance(template, str):
         if scope.get("root_path", "") != root_path:  # the route is inside a Mount
-            prefix = _mount_prefix(scope, method, path, root_path)
-            template = (prefix or "") + template
+            prefix = _mount_prefix(scope, method, path, root_path) or ""
+            # A mounted app that is not a router leaves the Mount itself as the route.
+            routing = sys.modules.get("starlette.routing")
+            is_mount = routing is not None and isinstance(route, routing.Mount)
+            template = prefix if is_mount and prefix else prefix + template
         return normalize(template)
     if "django" in sys.modules:
         return _django_route(path[len(root_path) :] if path.startswith(root_path) else path)
