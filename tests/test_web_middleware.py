@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
 import sys
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -383,3 +385,77 @@ def test_routes_under_mounts_keep_every_template(metrics: mf.Metrics) -> None:
         asyncio.run(call_asgi(app, http_scope(path)))
     records = metrics.backend("memory").records("http_requests_total")  # type: ignore[attr-defined]
     assert {r.labels["route"]: r.value for r in records} == {"/t/{tenant}/x/{y}": 2, "/ops": 1}
+
+
+FRAMEWORK_FLOODS = {
+    # Each in a process of its own: Django's settings are global to a process.
+    "fastapi": """
+import asyncio
+from fastapi import FastAPI
+from test_web_middleware import call_asgi, http_scope
+from metricsfacade.web import ASGIMetricsMiddleware
+
+inner = FastAPI()
+
+@inner.get("/items/{item_id}")
+async def item(item_id: int):
+    return {"id": item_id}
+
+app = ASGIMetricsMiddleware(inner, metrics=m)
+
+async def flood():
+    for n in range(FLOOD):
+        await call_asgi(app, http_scope(f"/items/{n}"))
+        await call_asgi(app, http_scope(f"/unknown/{n}"))
+
+asyncio.run(flood())
+""",
+    "django": """
+import django
+from django.conf import settings
+
+settings.configure(
+    DEBUG=False, ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="t", MIDDLEWARE=[]
+)
+django.setup()
+from django.core.wsgi import get_wsgi_application
+from django.http import HttpResponse
+from django.urls import path
+from test_web_middleware import call_wsgi
+from metricsfacade.web import WSGIMetricsMiddleware
+
+def item(request, item_id):
+    return HttpResponse("ok")
+
+urlpatterns = [path("items/<int:item_id>", item)]
+app = WSGIMetricsMiddleware(get_wsgi_application(), metrics=m)
+for n in range(FLOOD):
+    call_wsgi(app, f"/items/{n}")
+    call_wsgi(app, f"/unknown/{n}")
+""",
+}
+
+
+@pytest.mark.parametrize("framework", sorted(FRAMEWORK_FLOODS))
+def test_a_path_flood_in_fastapi_and_django_makes_one_series_per_route(framework: str) -> None:
+    pytest.importorskip(framework)
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import metricsfacade as mf\n"
+        "m = mf.Metrics({'port': 'off', 'backends': ['prometheus']}, environ={})\n"
+        f"FLOOD = {FLOOD}\n" + FRAMEWORK_FLOODS[framework] + "\n"
+        "print(m.backend('prometheus').render(None)[0].decode())\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert {line.split(" ")[0] for line in lines if line.startswith("http_requests_total{")} == {
+        'http_requests_total{method="GET",route="/items/{item_id}",status="200"}',
+        'http_requests_total{method="GET",route="unmatched",status="404"}',
+    }
+    counts = [line for line in lines if line.startswith("http_request_duration_seconds_count")]
+    assert len(counts) == 2
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in counts) == 2 * FLOOD
