@@ -128,15 +128,15 @@ class Metrics:
             self._attach(backends, config)
         _retire(retired, retired_flusher)
         pushing = [backend for backend in backends if isinstance(backend, PushBackend)]
-        with self._lock:
-            if pushing and self._config is config:
-                self._flusher = PushFlusher(self._store, pushing, fresh=retired_flusher is None)
-            if config.enabled and config.port is not None:
-                try:
+        try:
+            with self._lock:
+                if pushing and self._config is config:
+                    self._flusher = PushFlusher(self._store, pushing, fresh=retired_flusher is None)
+                if config.enabled and config.port is not None:
                     self._endpoint = self._start_endpoint(config)
-                except BaseException:
-                    self._unconfigure()
-                    raise
+        except BaseException:
+            self._unconfigure()  # outside the lock: it waits for the flusher thread
+            raise
         self._restart_services()
         self._register_exit_hook()
         shutdown.watch(self)
