@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -109,3 +111,17 @@ def statsd_daemon(start_statsd: StartStatsd) -> sinks.StatsdDaemon:
 def mcp_server_everything() -> list[str]:
     """``[.../mcp-server-everything, "stdio"]`` (see ``sinks.require_mcp_server_everything``)."""
     return sinks.require_mcp_server_everything()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate and key for 127.0.0.1 (openssl is installed with the
+    test dependencies)."""
+    directory = tmp_path_factory.mktemp("tls")
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    command = shlex.split(
+        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
+        "-addext subjectAltName=IP:127.0.0.1"
+    )
+    subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True)
+    return cert, key

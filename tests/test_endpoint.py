@@ -12,10 +12,8 @@ import gzip
 import http.client
 import json
 import logging
-import shlex
 import socket
 import ssl
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -117,19 +115,6 @@ def metrics(make_metrics: Callable[..., mf.Metrics]) -> mf.Metrics:
 def url(metrics: mf.Metrics) -> str:
     assert metrics.endpoint_url is not None
     return metrics.endpoint_url
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A self-signed certificate and key for 127.0.0.1."""
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    command = shlex.split(
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
-        "-addext subjectAltName=IP:127.0.0.1"
-    )
-    subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
 
 
 # -- /metrics ---------------------------------------------------------------------------------

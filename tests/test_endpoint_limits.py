@@ -15,7 +15,6 @@ import errno
 import http.client
 import json
 import resource
-import shlex
 import socket
 import ssl
 import subprocess
@@ -333,18 +332,6 @@ def test_held_connections_are_capped_and_a_new_scrape_gets_in(url: str) -> None:
     finally:
         for sock in sockets:
             sock.close()
-
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    directory = tmp_path_factory.mktemp("tls")
-    cert, key = directory / "cert.pem", directory / "key.pem"
-    command = shlex.split(
-        "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=127.0.0.1 "
-        "-addext subjectAltName=IP:127.0.0.1"
-    )
-    subprocess.run([*command, "-keyout", key, "-out", cert], check=True, capture_output=True)
-    return cert, key
 
 
 def test_tls_clients_that_never_handshake_do_not_block_a_scrape(
