@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from metricsfacade.config import ConfigSource, MetricsConfig, PrometheusSettings, load_config
+from metricsfacade.backends.prometheus import PrometheusSettings
+from metricsfacade.config import ConfigSource, MetricsConfig, load_config
 from metricsfacade.errors import (
     ConfigError,
     DeclarationError,

@@ -26,7 +26,6 @@ from __future__ import annotations
 import base64
 import math
 import os
-import socket
 import ssl
 import time
 import urllib.request
@@ -35,14 +34,19 @@ from typing import TextIO
 
 import attrs
 
-from metricsfacade.backends.base import Backend
+from metricsfacade import plugins
+from metricsfacade.backends.base import Backend, PushBackend
+from metricsfacade.backends.memory import MemoryBackend
 from metricsfacade.config import ConfigSource, MetricsConfig, load_config
 from metricsfacade.errors import ConfigError, DeclarationError, MetricsError
 from metricsfacade.facade import Metrics
+from metricsfacade.handles import Counter
+from metricsfacade.spec import Kind, make_spec
 
 CHECK_METRIC = "metricsfacade_check_total"
+#: in metricsfacade's reserved prefix, so it never clashes with an application's metrics
+CHECK_SPEC = make_spec(CHECK_METRIC, "Sent by `metricsfacade check`", Kind.COUNTER, internal=True)
 EXIT_OK, EXIT_BACKEND_FAILED, EXIT_CONFIG_ERROR = 0, 1, 2
-PUSH_BACKENDS = ("statsd", "datadog")
 #: how long an absent UDP agent's ICMP refusal gets to come back before the second send
 PROBE_WAIT_SECS = 0.1
 FETCH_TIMEOUT_SECS = 5.0
@@ -130,12 +134,15 @@ def _unreadable(exc: Exception) -> str:
 def _facade_configs(config: MetricsConfig) -> dict[str, MetricsConfig]:
     """The facades to start: ``""`` with the endpoint and every backend but the push ones,
     plus a memory backend; one per push backend, with a memory backend and no endpoint."""
-    others = tuple(name for name in config.backends if name not in PUSH_BACKENDS)
-    with_memory = () if "memory" in others else ("memory",)
-    configs = {"": attrs.evolve(config, backends=(*others, *with_memory))}
-    for name in config.backends:
-        if name in PUSH_BACKENDS:
-            configs[name] = attrs.evolve(config, backends=(name, "memory"), port=None)
+    classes = {reference: plugins.backend_class(reference) for reference in config.backends}
+    pushing = [ref for ref, cls in classes.items() if issubclass(cls, PushBackend)]
+    others = tuple(ref for ref in config.backends if ref not in pushing)
+    has_memory = any(issubclass(classes[ref], MemoryBackend) for ref in others)
+    configs = {"": attrs.evolve(config, backends=(*others, *(() if has_memory else ("memory",))))}
+    for reference in pushing:
+        configs[classes[reference].name] = attrs.evolve(
+            config, backends=(reference, "memory"), port=None
+        )
     return configs
 
 
@@ -154,30 +161,34 @@ def _describe_endpoint(config: MetricsConfig, facade: Metrics, out: TextIO) -> N
 
 def _check_backends(facades: Mapping[str, Metrics], config: MetricsConfig) -> list[Verdict]:
     main = facades[""]
-    # _internal_counter: the public counter() refuses the reserved ``metricsfacade_`` prefix.
-    main._internal_counter(CHECK_METRIC, "Sent by `metricsfacade check`").inc()
-    checks: dict[str, Callable[[Metrics, Backend], Verdict]] = {
-        "prometheus": _check_prometheus,
-        "statsd": _check_push,
-        "datadog": _check_push,
-    }
+    _check_counter(main).inc()
     verdicts = []
-    for name in config.backends:
-        check = checks.get(name)
-        if check is None:
-            verdicts.append(Verdict(name, True, "in-process, nothing to reach"))
-            continue
+    for reference in config.backends:
+        name = plugins.backend_class(reference).name
         facade = facades.get(name, main)
+        backend = facade.backend(name)
         try:
-            verdicts.append(check(facade, facade.backend(name)))
+            if isinstance(backend, PushBackend):
+                verdicts.append(_check_push(facade, backend))
+            elif backend.pull:
+                verdicts.append(_check_pull(facade, backend))
+            else:
+                verdicts.append(Verdict(name, True, f"{backend.describe()}, nothing to reach"))
         except Exception as exc:  # a check must report, never crash the command
             verdicts.append(Verdict(name, False, f"{type(exc).__name__}: {exc}"))
     return verdicts
 
 
-def _check_prometheus(facade: Metrics, backend: Backend) -> Verdict:
+def _check_counter(facade: Metrics) -> Counter:
+    handle = facade.declare(CHECK_SPEC)
+    assert isinstance(handle, Counter)
+    return handle
+
+
+def _check_pull(facade: Metrics, backend: Backend) -> Verdict:
+    name = backend.name
     if facade.endpoint_url is None:
-        text = backend.render(None)[0].decode()  # type: ignore[attr-defined]
+        text = backend.render(None)[0].decode()
         where = "in the exposition (no endpoint: port is off)"
     else:
         url = f"{facade.endpoint_url}{facade.config.path if facade.config else '/metrics'}"
@@ -185,10 +196,10 @@ def _check_prometheus(facade: Metrics, backend: Backend) -> Verdict:
         where = f"at {url}"
     value = _exposed_value(text, CHECK_METRIC)
     if value == 1:
-        return Verdict("prometheus", True, f"{CHECK_METRIC} served {where}")
+        return Verdict(name, True, f"{CHECK_METRIC} served {where}")
     if value is None:
-        return Verdict("prometheus", False, f"{CHECK_METRIC} missing {where}")
-    return Verdict("prometheus", False, f"{CHECK_METRIC} is {value:g} {where}, not 1")
+        return Verdict(name, False, f"{CHECK_METRIC} missing {where}")
+    return Verdict(name, False, f"{CHECK_METRIC} is {value:g} {where}, not 1")
 
 
 def _fetch(url: str, config: MetricsConfig | None) -> str:
@@ -221,57 +232,33 @@ def _exposed_value(text: str, sample_name: str) -> float | None:
     return math.fsum(values) if values else None
 
 
-def _check_push(facade: Metrics, backend: Backend) -> Verdict:
-    target, udp_address = _target(backend)
-    if udp_address is not None:
-        unresolved = _unresolvable(udp_address)
-        if unresolved:
-            return Verdict(backend.name, False, f"cannot resolve {target}: {unresolved}")
-    counter = facade._internal_counter(CHECK_METRIC, "Sent by `metricsfacade check`")
+def _check_push(facade: Metrics, backend: PushBackend) -> Verdict:
+    target = backend.describe()
+    problem = backend.probe()
+    if problem:
+        return Verdict(backend.name, False, f"cannot reach {target}: {problem}")
+    counter = _check_counter(facade)
     counter.inc()
     facade.flush()
-    if udp_address is not None:  # the second send hears the refusal of the first
+    if backend.over_udp:  # the second send hears the refusal of the first
         time.sleep(PROBE_WAIT_SECS)
         counter.inc()
         facade.flush()
     dropped = _dropped_lines(facade, backend.name)
     reasons = ", ".join(f"{reason}={count:g}" for reason, count in dropped.items())
-    if dropped and udp_address is not None:
+    if dropped and backend.over_udp:
         return Verdict(backend.name, False, f"nothing listens on {target} ({reasons})")
     if dropped:
         return Verdict(backend.name, False, f"could not deliver to {target} ({reasons})")
-    note = " (UDP: sent twice, no refusal heard)" if udp_address else ""
+    note = " (UDP: sent twice, no refusal heard)" if backend.over_udp else ""
     return Verdict(backend.name, True, f"{CHECK_METRIC} sent to {target}{note}")
-
-
-def _target(backend: Backend) -> tuple[str, tuple[str, int] | None]:
-    """A readable destination, and the UDP address when the transport is UDP."""
-    client = getattr(backend, "client", None)  # the Datadog backend's DogStatsd
-    if client is not None:
-        if client.socket_path:
-            return f"unix://{client.socket_path}", None
-        return f"udp://{client.host}:{client.port}", (client.host, int(client.port))
-    settings = backend.settings  # type: ignore[attr-defined]
-    if settings.protocol == "unix":
-        return f"unix://{settings.socket_path}", None
-    target = f"{settings.protocol}://{settings.host}:{settings.port}"
-    return target, ((settings.host, settings.port) if settings.protocol == "udp" else None)
-
-
-def _unresolvable(address: tuple[str, int]) -> str | None:
-    """Why the agent's host name does not resolve (no packet goes to the agent), or None."""
-    try:
-        socket.getaddrinfo(*address, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError) as exc:
-        return str(exc)
-    return None
 
 
 def _dropped_lines(facade: Metrics, backend: str) -> dict[str, float]:
     memory = facade.backend("memory")
-    records = memory.records("metricsfacade_backend_dropped_total")  # type: ignore[attr-defined]
+    assert isinstance(memory, MemoryBackend)
     return {
         record.labels["reason"]: record.value
-        for record in records
+        for record in memory.records("metricsfacade_backend_dropped_total")
         if record.labels["backend"] == backend and record.value
     }

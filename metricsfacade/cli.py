@@ -113,7 +113,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from metricsfacade.backends import backend_class  # noqa: PLC0415 (lazy, see above)
+    from metricsfacade import plugins  # noqa: PLC0415 (lazy, see above)
     from metricsfacade.bench import (  # noqa: PLC0415 (lazy, see above)
         BACKEND_PATHS,
         print_report,
@@ -122,7 +122,7 @@ def _bench(args: argparse.Namespace) -> int:
 
     for name in BACKEND_PATHS:  # a missing extra: one line now, not a dead proxy mid-run
         if name != "all":
-            backend_class(name)
+            plugins.backend_class(name).require()
     report = run_bench(args.requests, args.rounds, args.target, pin=args.pin)
     print_report(report, sys.stdout)
     if args.json:

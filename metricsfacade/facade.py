@@ -160,6 +160,13 @@ class Metrics:
         configured = [backend.name for backend in self._backends]
         raise KeyError(f"backend {name!r} is not configured (configured: {configured})")
 
+    def pull_backend(self) -> Backend | None:
+        """The configured backend that serves the exposition (Prometheus), if any."""
+        for backend in self._backends:
+            if backend.pull:
+                return backend
+        return None
+
     def add_readiness_check(self, name: str, check: ReadinessCheck) -> None:
         """``/ready`` answers 503 while ``check()`` raises, returns False, or times out."""
         self._readiness.add(name, check)
@@ -272,6 +279,12 @@ class Metrics:
     ) -> Timer:
         """Declare (or get) a histogram of seconds with ``.time()``; name it ``*_seconds``."""
         return self._declare(Timer, make_spec(name, help, Kind.TIMER, labels, buckets))
+
+    def declare(self, spec: MetricSpec) -> MetricHandle[Any]:
+        """Declare (or get) the metric a :func:`~metricsfacade.spec.make_spec` result
+        describes: for registries that build specs from data, and metricsfacade's own tools
+        (``make_spec(..., internal=True)`` may use the reserved ``metricsfacade_`` prefix)."""
+        return self._declare(_HANDLE_TYPES[spec.kind], spec)
 
     def _internal_counter(self, name: str, help: str, labels: Sequence[str] = ()) -> Counter:
         """metricsfacade's own counters: the reserved prefix, exempt from the series cap."""
@@ -530,10 +543,8 @@ class Metrics:
     # -- lifecycle helpers -----------------------------------------------------------------
 
     def _start_endpoint(self, config: MetricsConfig) -> Endpoint:
-        render: Callable[[str | None], tuple[bytes, str]] | None = None
-        for backend in self._backends:
-            render = getattr(backend, "render", None) or render
-        endpoint = Endpoint(config, render, self._readiness)
+        pull = self.pull_backend()
+        endpoint = Endpoint(config, pull.render if pull is not None else None, self._readiness)
         endpoint.start()
         return endpoint
 

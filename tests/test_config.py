@@ -19,7 +19,7 @@ def test_defaults_follow_the_brief():
     assert config.cardinality_limit == 10_000
     assert config.backends == ("prometheus",)
     assert config.strict is False
-    assert config.prometheus.registry == "own"
+    assert config.table("prometheus").registry == "own"
 
 
 def test_dict_source():
@@ -41,7 +41,7 @@ def test_toml_top_level(tmp_path):
     assert config.port == 9464
     assert config.backends == ("memory", "prometheus")
     assert config.histogram_buckets == (0.1, 1.0, 10.0)
-    assert config.prometheus.registry == "global"
+    assert config.table("prometheus").registry == "global"
 
 
 def test_toml_metrics_table_inside_a_larger_file(tmp_path):
@@ -70,7 +70,7 @@ def test_environment_overrides_the_file(tmp_path):
     assert config.enabled is False
     assert config.histogram_buckets == (0.5, 1.0, 2.0)
     assert config.common_labels == {"service": "shadowcat", "env": "prod"}
-    assert config.prometheus.registry == "global"
+    assert config.table("prometheus").registry == "global"
 
 
 def test_os_environ_is_read_by_default(monkeypatch):
@@ -98,7 +98,7 @@ def test_a_metricsconfig_instance_round_trips():
         ({"backends": "prometheus"}, "backends: expected a list of strings"),
         (
             {"backends": ["influx"]},
-            "unknown backend 'influx' (available: prometheus, statsd, datadog, memory)",
+            "unknown backend 'influx' (available: datadog, memory, prometheus, statsd, or a class path",
         ),
         ({"backends": ["memory", "memory"]}, "listed twice"),
         ({"common_labels": {"bad-name": "x"}}, "common_labels: invalid label name"),
@@ -106,7 +106,7 @@ def test_a_metricsconfig_instance_round_trips():
         ({"path": "/health"}, "other than /health"),
         ({"tls_cert": "cert.pem"}, "tls_cert and tls_key"),
         ({"auth_username": "u"}, "auth_username and auth_password"),
-        ({"prometheus": {"registry": "mine"}}, "prometheus.registry: expected 'own' or 'global'"),
+        ({"prometheus": {"registry": "mine"}}, "prometheus.registry: expected one of 'own', 'global', got 'mine'"),
         ({"prometheus": {"regsitry": "own"}}, "unknown key 'prometheus.regsitry'"),
     ],
 )

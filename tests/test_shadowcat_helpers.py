@@ -20,7 +20,7 @@ import strict_statsd
 from prometheus_client.parser import text_string_to_metric_families
 
 import metricsfacade as mf
-from metricsfacade.config import MCP_METHODS as DEFAULT_ALLOW_LIST
+from metricsfacade.shadowcat.settings import MCP_METHODS as DEFAULT_ALLOW_LIST
 from metricsfacade.shadowcat import ShadowcatMetrics
 from metricsfacade.shadowcat.metrics import MAX_METHODS
 from metricsfacade.testing import MetricsMock

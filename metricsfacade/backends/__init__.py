@@ -1,48 +1,23 @@
-"""Backend registry. A backend's module (and its library) is imported only when configured."""
+"""Backends, and building those a config names (see ``metricsfacade.plugins``)."""
 
 from __future__ import annotations
 
-import importlib
-
+from metricsfacade import plugins
 from metricsfacade.backends.base import Backend, PushBackend
 from metricsfacade.config import MetricsConfig
-from metricsfacade.errors import MissingExtraError
 
-#: name -> (module, class, the third-party module it needs, the extra that installs it)
-_REGISTRY: dict[str, tuple[str, str, str | None, str | None]] = {
-    "prometheus": (
-        "metricsfacade.backends.prometheus",
-        "PrometheusBackend",
-        "prometheus_client",
-        "prometheus",
-    ),
-    "statsd": ("metricsfacade.backends.statsd", "StatsdBackend", None, None),
-    "datadog": ("metricsfacade.backends.datadog", "DatadogBackend", "datadog", "datadog"),
-    "memory": ("metricsfacade.backends.memory", "MemoryBackend", None, None),
-}
-
-__all__ = ["Backend", "PushBackend", "backend_class", "create_backends"]
-
-
-def backend_class(name: str) -> type[Backend]:
-    module_name, class_name, needs, extra = _REGISTRY[name]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if needs is not None and extra is not None and missing == needs:
-            raise MissingExtraError(name, needs, extra) from exc
-        raise
-    cls: type[Backend] = getattr(module, class_name)
-    return cls
+__all__ = ["Backend", "PushBackend", "create_backends"]
 
 
 def create_backends(config: MetricsConfig) -> list[Backend]:
-    """Build every configured backend; if one fails, close those already built."""
+    """Build every configured backend from its own table; if one fails, close those built."""
     backends: list[Backend] = []
     try:
-        for name in config.backends:
-            backends.append(backend_class(name).from_config(config))
+        for reference in config.backends:
+            cls = plugins.backend_class(reference)
+            cls.require()
+            settings = config.table(cls.name) if cls.Settings is not None else None
+            backends.append(cls.build(settings, dict(config.common_labels)))
     except BaseException:
         for backend in backends:
             backend.close()

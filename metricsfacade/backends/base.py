@@ -9,20 +9,41 @@ costs the same whatever the number of backends, and adding one costs nothing the
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from typing import ClassVar
+import importlib
+import socket
+from collections.abc import Callable, Mapping
+from types import ModuleType
+from typing import Any, ClassVar
 
-from metricsfacade.config import MetricsConfig
+from metricsfacade.errors import MissingExtraError
 from metricsfacade.store import Changes, SeriesStore
 
 #: (reason, number of lines) -> None: how a push backend reports what it could not deliver.
 ReportDrop = Callable[[str, int], None]
 
 
+#: (body, content type): what a pull backend serves at the endpoint's path.
+Exposition = tuple[bytes, str]
+
+
 class Backend(abc.ABC):
-    """A metrics sink. Subclasses set ``name`` and read ``self.store`` once attached."""
+    """A metrics sink. Subclasses set ``name`` and read ``self.store`` once attached.
+
+    A backend is found by ``name`` in the ``metricsfacade.backends`` entry-point group or by
+    class path (see ``metricsfacade.plugins``). Its module must import without its
+    third-party library: import that in :meth:`build` with :func:`import_extra`, so a
+    missing extra is a one-line error when the backend is configured, and config tables
+    still parse.
+    """
 
     name: ClassVar[str]
+    #: the attrs class of its ``[name]`` config table (fields made with
+    #: ``metricsfacade.settings.setting``), or None when it takes no settings
+    Settings: ClassVar[type[Any] | None] = None
+    #: a pull backend serves :meth:`render` at the endpoint's path
+    pull: ClassVar[bool] = False
+    #: the third-party module it needs and the extra that installs it, if any
+    needs: ClassVar[tuple[str, str] | None] = None
     #: the reasons it passes to the drop reporter (the facade binds their series up front)
     drop_reasons: ClassVar[tuple[str, ...]] = ()
     #: the memory backend keeps every histogram observation for assertions
@@ -32,8 +53,29 @@ class Backend(abc.ABC):
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, config: MetricsConfig) -> Backend:
-        """Build the backend from the whole configuration (it reads its own table)."""
+    def build(cls, settings: Any, common_labels: Mapping[str, str]) -> Backend:
+        """Build the backend from its own table (an instance of ``Settings``, or None) and
+        the labels every series carries."""
+
+    @classmethod
+    def require(cls) -> None:
+        """Raise MissingExtraError now if the library this backend needs is missing."""
+        if cls.needs is not None:
+            module, extra = cls.needs
+            import_extra(module, backend=cls.name, extra=extra)
+
+    @abc.abstractmethod
+    def describe(self) -> str:
+        """Where the metrics go, for people: ``udp://127.0.0.1:8125``, ``in-process``."""
+
+    def probe(self) -> str | None:
+        """Why the target cannot be reached, found without sending it anything (a host
+        name that does not resolve), or None."""
+        return None
+
+    def render(self, accept: str | None) -> Exposition:
+        """What a pull backend serves, in the format the Accept header asks for."""
+        raise NotImplementedError(f"the {self.name} backend is not a pull backend")
 
     def attach(self, store: SeriesStore) -> None:
         """Called once by the facade before the backend is used: the store it reads."""
@@ -57,6 +99,8 @@ class PushBackend(Backend):
 
     #: seconds between two flushes; push backends configured together flush at the shortest
     flush_interval: float
+    #: sends are UDP datagrams: an absent agent's refusal is only heard by the next send
+    over_udp: bool = False
 
     @abc.abstractmethod
     def send(self, changes: Changes) -> None:
@@ -68,3 +112,22 @@ class PushBackend(Backend):
 
     def close_by(self, deadline: float) -> None:
         """Sending stops at ``deadline`` (``time.monotonic()``): what is left is counted."""
+
+
+def import_extra(module: str, *, backend: str, extra: str) -> ModuleType:
+    """Import a backend's third-party module, or raise MissingExtraError naming the extra."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").partition(".")[0] == module.partition(".")[0]:
+            raise MissingExtraError(backend, module.partition(".")[0], extra) from exc
+        raise
+
+
+def unresolvable(host: str, port: int) -> str | None:
+    """Why ``host`` does not resolve (nothing is sent), or None."""
+    try:
+        socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError) as exc:
+        return str(exc)
+    return None

@@ -17,19 +17,46 @@ import os
 import socket
 import struct
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from datadog.dogstatsd.base import DogStatsd
-from datadog.dogstatsd.container import Cgroup
+import attrs
 
+from metricsfacade import settings as parse
+from metricsfacade.backends.base import import_extra, unresolvable
 from metricsfacade.backends.lines import SeriesFormat, sanitize
 from metricsfacade.backends.push import LinePushBackend, warn_if_sampled
 from metricsfacade.backends.transport import Packer
-from metricsfacade.config import DatadogSettings, MetricsConfig
+from metricsfacade.settings import setting
+
+if TYPE_CHECKING:
+    from datadog.dogstatsd.base import DogStatsd
 
 logger = logging.getLogger("metricsfacade")
 UDP_MAX_PACKET = 1432
 UDS_MAX_PACKET = 8192
+
+
+@attrs.frozen
+class DatadogSettings:
+    """The ``[datadog]`` table. Unset host, port and socket_path fall back to DogStatsd's
+    environment variables (DD_DOGSTATSD_URL, DD_AGENT_HOST, DD_DOGSTATSD_PORT), then to
+    localhost:8125; DD_ENV, DD_SERVICE and DD_VERSION become tags."""
+
+    host: str | None = setting(None, parse.optional_host)
+    port: int | None = setting(None, parse.optional_integer(1, 65535), parse.integer_text(1, 65535))
+    #: a Unix datagram socket of the agent, e.g. /var/run/datadog/dsd.socket
+    socket_path: str | None = setting(None, parse.optional_string)
+    namespace: str = setting("", parse.prefix)
+    constant_tags: dict[str, str] = setting(attrs.Factory(dict), parse.labels, parse.labels_text)  # noqa: RUF009
+    #: "h" (histogram, aggregated by the agent) or "d" (distribution, aggregated globally)
+    histogram_type: str = setting("h", parse.choice("h", "d"))
+    #: ignored (every change is sent; histograms are sampled past max_samples_per_flush)
+    sample_rate: float = setting(1.0, parse.sample_rate, parse.sample_rate_text)
+    #: bytes per datagram; default 1432 on UDP, 8192 on a Unix socket
+    max_packet_size: int | None = setting(
+        None, parse.optional_integer(64, 65_000), parse.integer_text(64, 65_000)
+    )
+    flush_interval_secs: float = setting(0.5, parse.positive_float, parse.positive_float_text)
 
 
 class DogStatsdTransport:
@@ -54,7 +81,10 @@ def origin_trailer(environ: Mapping[str, str]) -> str:
     detection = environ.get("DD_ORIGIN_DETECTION_ENABLED", "").strip().lower()
     if detection not in ("no", "false", "0", "n", "off"):
         try:
-            container_id = Cgroup().container_id
+            container = import_extra(
+                "datadog.dogstatsd.container", backend="datadog", extra="datadog"
+            )
+            container_id = container.Cgroup().container_id
         except Exception:  # not in a container, or cgroups unreadable: no field, as DogStatsd
             container_id = None
         if container_id:
@@ -76,8 +106,11 @@ def environment_tags(client_tags: Iterable[str], environ: Mapping[str, str]) -> 
 
 class DatadogBackend(LinePushBackend):
     name = "datadog"
+    Settings = DatadogSettings
+    needs = ("datadog", "datadog")
 
-    def __init__(self, settings: DatadogSettings, common_labels: dict[str, str]) -> None:
+    def __init__(self, settings: DatadogSettings, common_labels: Mapping[str, str]) -> None:
+        dogstatsd = import_extra("datadog.dogstatsd.base", backend="datadog", extra="datadog")
         destination: dict[str, Any] = {  # unset ones are left to DogStatsd's DD_* variables
             key: value
             for key, value in (
@@ -87,7 +120,7 @@ class DatadogBackend(LinePushBackend):
             )
             if value is not None
         }
-        self.client = DogStatsd(
+        self.client: DogStatsd = dogstatsd.DogStatsd(
             **destination,
             disable_buffering=True,
             disable_aggregation=True,
@@ -97,7 +130,8 @@ class DatadogBackend(LinePushBackend):
         tags = [
             tag.partition(":") for tag in environment_tags(self.client.constant_tags, os.environ)
         ]
-        default_size = UDS_MAX_PACKET if self.client.socket_path else UDP_MAX_PACKET
+        self.over_udp = not self.client.socket_path
+        default_size = UDP_MAX_PACKET if self.over_udp else UDS_MAX_PACKET
         warn_if_sampled(self.name, settings.sample_rate)
         super().__init__(
             Packer(
@@ -118,8 +152,20 @@ class DatadogBackend(LinePushBackend):
         )
 
     @classmethod
-    def from_config(cls, config: MetricsConfig) -> DatadogBackend:
-        return cls(config.datadog, dict(config.common_labels))
+    def build(cls, settings: Any, common_labels: Mapping[str, str]) -> DatadogBackend:
+        return cls(settings, common_labels)
+
+    def describe(self) -> str:
+        """The agent DogStatsd resolved (from the table or the DD_* variables)."""
+        if self.client.socket_path:
+            return f"unix://{self.client.socket_path}"
+        return f"udp://{self.client.host}:{self.client.port}"
+
+    def probe(self) -> str | None:
+        host, port = self.client.host, self.client.port
+        if self.client.socket_path or host is None or port is None:
+            return None
+        return unresolvable(host, int(port))
 
     def histogram_lines(
         self, series: SeriesFormat, metric_type: str, values: list[str], rate: str

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import attrs
 
 from metricsfacade.backends.base import Backend
-from metricsfacade.config import MetricsConfig
 from metricsfacade.spec import Kind
 from metricsfacade.store import CounterCell, GaugeCell, HistogramCell, HistogramReading
 
@@ -42,8 +42,11 @@ class MemoryBackend(Backend):
     keeps_values = True
 
     @classmethod
-    def from_config(cls, config: MetricsConfig) -> MemoryBackend:
+    def build(cls, settings: Any, common_labels: Mapping[str, str]) -> MemoryBackend:
         return cls()
+
+    def describe(self) -> str:
+        return "in-process"
 
     def records(self, name: str | None = None) -> list[Record]:
         """Every series (of metric ``name``, if given), in declaration and creation order."""

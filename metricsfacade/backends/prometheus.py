@@ -9,26 +9,30 @@ parsers expect.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry
-from prometheus_client.core import (
-    CounterMetricFamily,
-    GaugeMetricFamily,
-    HistogramMetricFamily,
-    Metric,
-)
-from prometheus_client.exposition import choose_encoder
-from prometheus_client.utils import floatToGoString
+import attrs
 
-from metricsfacade.backends.base import Backend
-from metricsfacade.config import MetricsConfig
+from metricsfacade import settings as parse
+from metricsfacade.backends.base import Backend, Exposition, import_extra
+from metricsfacade.settings import setting
 from metricsfacade.spec import Kind
 from metricsfacade.store import CounterCell, GaugeCell, HistogramCell, SeriesStore
 
-#: Formats a bucket bound the way Prometheus does ("0.005", "1e+06", "+Inf").
-_format_bound = cast(Callable[[float], str], floatToGoString)
+if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import Metric
+
+
+@attrs.frozen
+class PrometheusSettings:
+    """The ``[prometheus]`` table."""
+
+    #: "own": a private CollectorRegistry (no clash with the host's metrics or process_*);
+    #: "global": prometheus-client's default REGISTRY, so /metrics also serves the host's.
+    registry: str = setting("own", parse.choice("own", "global"))
 
 
 def _nothing() -> None:
@@ -38,8 +42,15 @@ def _nothing() -> None:
 class StoreCollector:
     """A prometheus-client collector reading a SeriesStore; common labels come first."""
 
-    def __init__(self, store: SeriesStore, common_labels: dict[str, str]) -> None:
+    def __init__(
+        self, store: SeriesStore, common_labels: Mapping[str, str], core: ModuleType
+    ) -> None:
         self._store = store
+        self._core = core  # prometheus_client.core: the metric families
+        #: prometheus_client.utils.floatToGoString: "0.005", "1e+06", "+Inf", as Prometheus does
+        self._format_bound: Callable[[float], str] = import_extra(
+            "prometheus_client.utils", backend="prometheus", extra="prometheus"
+        ).floatToGoString
         self._common_names = tuple(common_labels)
         self._common_values = tuple(common_labels.values())
         #: the facade's collect hooks (the system collector refreshes its gauges here)
@@ -52,46 +63,61 @@ class StoreCollector:
 
     def collect(self) -> Iterator[Metric]:
         self.before_collect()
+        core = self._core
+        format_bound = self._format_bound
         for stored in self._store.metrics():
             spec = stored.spec
             names = (*self._common_names, *spec.label_names)
             family: Any
             if spec.kind is Kind.COUNTER:
-                family = CounterMetricFamily(spec.name, spec.help, labels=names)
+                family = core.CounterMetricFamily(spec.name, spec.help, labels=names)
             elif spec.kind is Kind.GAUGE:
-                family = GaugeMetricFamily(spec.name, spec.help, labels=names)
+                family = core.GaugeMetricFamily(spec.name, spec.help, labels=names)
             else:
-                family = HistogramMetricFamily(spec.name, spec.help, labels=names)
+                family = core.HistogramMetricFamily(spec.name, spec.help, labels=names)
             for label_values, cell in self._store.series(stored):
                 values = (*self._common_values, *label_values)
                 if isinstance(cell, (CounterCell, GaugeCell)):
                     family.add_metric(values, cell.read())
                 elif isinstance(cell, HistogramCell):
                     reading = cell.read()
-                    buckets = [(_format_bound(le), n) for le, n in reading.cumulative()]
+                    buckets = [(format_bound(le), n) for le, n in reading.cumulative()]
                     family.add_metric(values, buckets, reading.sum)
             yield family
 
 
 class PrometheusBackend(Backend):
     name = "prometheus"
+    Settings = PrometheusSettings
+    pull = True
+    needs = ("prometheus_client", "prometheus")
 
-    def __init__(self, common_labels: dict[str, str], use_global_registry: bool = False) -> None:
-        self._common_labels = common_labels
+    def __init__(self, common_labels: Mapping[str, str], use_global_registry: bool = False) -> None:
+        client = import_extra("prometheus_client", backend=self.name, extra="prometheus")
+        self._core = import_extra("prometheus_client.core", backend=self.name, extra="prometheus")
+        self._exposition = import_extra(
+            "prometheus_client.exposition", backend=self.name, extra="prometheus"
+        )
+        self._common_labels = dict(common_labels)
         self._collector: StoreCollector | None = None
         self._before_collect: Callable[[], None] = _nothing
         self.registry: CollectorRegistry = (
-            REGISTRY if use_global_registry else CollectorRegistry(auto_describe=False)
+            client.REGISTRY
+            if use_global_registry
+            else client.CollectorRegistry(auto_describe=False)
         )
 
     @classmethod
-    def from_config(cls, config: MetricsConfig) -> PrometheusBackend:
-        return cls(dict(config.common_labels), config.prometheus.registry == "global")
+    def build(cls, settings: Any, common_labels: Mapping[str, str]) -> PrometheusBackend:
+        return cls(common_labels, settings.registry == "global")
+
+    def describe(self) -> str:
+        return "the exposition of the endpoint (or of asgi_app()/wsgi_app())"
 
     def attach(self, store: SeriesStore) -> None:
         super().attach(store)
         self.close()  # a store swapped in replaces the previous one
-        self._collector = StoreCollector(store, self._common_labels)
+        self._collector = StoreCollector(store, self._common_labels, self._core)
         self._collector.before_collect = self._before_collect
         self.registry.register(self._collector)
 
@@ -100,9 +126,9 @@ class PrometheusBackend(Backend):
         if self._collector is not None:
             self._collector.before_collect = hook
 
-    def render(self, accept: str | None) -> tuple[bytes, str]:
+    def render(self, accept: str | None) -> Exposition:
         """The exposition in the format the Accept header asks for (text or OpenMetrics)."""
-        encoder, content_type = choose_encoder(accept or "")
+        encoder, content_type = self._exposition.choose_encoder(accept or "")
         return encoder(self.registry), content_type
 
     def close(self) -> None:

@@ -11,11 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import socket
+from collections.abc import Mapping
+from typing import Any
 
+import attrs
+
+from metricsfacade import settings as parse
+from metricsfacade.backends.base import unresolvable
 from metricsfacade.backends.lines import SeriesFormat, format_number
 from metricsfacade.backends.push import LinePushBackend, warn_if_sampled
 from metricsfacade.backends.transport import Packer
-from metricsfacade.config import MetricsConfig, StatsdSettings
+from metricsfacade.settings import InvalidSetting, setting
 
 UDP_MAX_PACKET = 1432
 STREAM_MAX_PACKET = 8192
@@ -23,6 +29,34 @@ CONNECT_TIMEOUT_SECS = 2.0
 #: An agent that cannot take one packet in this long is stalled: the send fails (counted),
 #: and later flushes skip it during the backoff, so a flush() never blocks its caller long.
 SEND_TIMEOUT_SECS = 0.5
+
+
+@attrs.frozen
+class StatsdSettings:
+    """The ``[statsd]`` table."""
+
+    host: str = setting("127.0.0.1", parse.host)
+    port: int = setting(8125, parse.integer(1, 65535), parse.integer_text(1, 65535))
+    #: "udp", "tcp", or "unix" (a Unix stream socket at ``socket_path``)
+    protocol: str = setting("udp", parse.choice("udp", "tcp", "unix"))
+    socket_path: str | None = setting(None, parse.optional_string)
+    #: dotted prefix put before every name, e.g. "myapp.prod"
+    prefix: str = setting("", parse.prefix)
+    #: "dogstatsd": labels as |#k:v tags; "none": label values folded into the dotted name
+    tag_format: str = setting("dogstatsd", parse.choice("dogstatsd", "none"))
+    #: line type of histograms and timers; the Etsy daemon treats h and d as counters
+    histogram_type: str = setting("ms", parse.choice("ms", "h", "d"))
+    #: ignored (every change is sent; histograms are sampled past max_samples_per_flush)
+    sample_rate: float = setting(1.0, parse.sample_rate, parse.sample_rate_text)
+    #: bytes per datagram; default 1432 on UDP, 8192 on TCP and Unix sockets
+    max_packet_size: int | None = setting(
+        None, parse.optional_integer(64, 65_000), parse.integer_text(64, 65_000)
+    )
+    flush_interval_secs: float = setting(0.5, parse.positive_float, parse.positive_float_text)
+
+    def __attrs_post_init__(self) -> None:
+        if self.protocol == "unix" and self.socket_path is None:
+            raise InvalidSetting("socket_path: required when protocol is 'unix'")
 
 
 class UdpTransport:
@@ -101,9 +135,11 @@ class StreamTransport:
 
 class StatsdBackend(LinePushBackend):
     name = "statsd"
+    Settings = StatsdSettings
 
-    def __init__(self, settings: StatsdSettings, common_labels: dict[str, str]) -> None:
+    def __init__(self, settings: StatsdSettings, common_labels: Mapping[str, str]) -> None:
         self.settings = settings
+        self.over_udp = settings.protocol == "udp"
         if settings.protocol == "udp":
             transport: UdpTransport | StreamTransport = UdpTransport(settings.host, settings.port)
             default_size = UDP_MAX_PACKET
@@ -121,8 +157,19 @@ class StatsdBackend(LinePushBackend):
         )
 
     @classmethod
-    def from_config(cls, config: MetricsConfig) -> StatsdBackend:
-        return cls(config.statsd, dict(config.common_labels))
+    def build(cls, settings: Any, common_labels: Mapping[str, str]) -> StatsdBackend:
+        return cls(settings, common_labels)
+
+    def describe(self) -> str:
+        settings = self.settings
+        if settings.protocol == "unix":
+            return f"unix://{settings.socket_path}"
+        return f"{settings.protocol}://{settings.host}:{settings.port}"
+
+    def probe(self) -> str | None:
+        if self.settings.protocol == "unix":
+            return None
+        return unresolvable(self.settings.host, self.settings.port)
 
     def gauge_line(self, series: SeriesFormat, value: float) -> bytes:
         if value >= 0:

@@ -16,9 +16,10 @@ import sys
 import time
 from typing import TextIO
 
-from metricsfacade.config import ProxySettings, load_config
+from metricsfacade.config import load_config
 from metricsfacade.demo.client import DemoClient, Outcome
 from metricsfacade.demo.observe import ProxyLog, families, fetch, percentile
+from metricsfacade.proxy.settings import ProxySettings
 
 SERVER = [sys.executable, "-m", "metricsfacade.demo.server"]
 #: The demo's proxy settings, as environment variables (a config file's [proxy] table wins).
@@ -42,7 +43,8 @@ def run_demo(config_path: str | None, duration: float, out: TextIO) -> int:
     if config_path:
         command += ["--config", config_path]
     env = dict(os.environ)
-    if load_config(config_path).proxy == ProxySettings():  # also validates the config early
+    # Loading also validates the config early.
+    if load_config(config_path).table("proxy") == ProxySettings():
         for name, value in DEMO_PROXY_ENV.items():
             env.setdefault(name, value)
     proxy = subprocess.Popen(

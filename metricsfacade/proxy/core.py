@@ -35,7 +35,6 @@ from collections.abc import Sequence
 from time import perf_counter
 from typing import Any, BinaryIO
 
-from metricsfacade.config import ProxySettings
 from metricsfacade.proxy import jsonrpc
 from metricsfacade.proxy.bookkeeping import (
     FROM_CLIENT,
@@ -60,6 +59,7 @@ from metricsfacade.proxy.jsonrpc import (
     split_batch,
 )
 from metricsfacade.proxy.relay import HIGH_WATER_BYTES, RELAYED_AT, LineInput, LineOutput
+from metricsfacade.proxy.settings import ProxySettings
 from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.proxy.upstream import Upstream
 from metricsfacade.shadowcat import ShadowcatMetrics

@@ -46,7 +46,7 @@ def run_proxy(
         tape = TapeRecorder(tape_path, shadowcat) if tape_path else None
         proxy = StdioProxy(
             command,
-            settings.proxy,
+            settings.table("proxy"),
             shadowcat,
             client_in or sys.stdin.buffer,
             client_out or sys.stdout.buffer,

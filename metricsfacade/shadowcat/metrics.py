@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, TypeVar
 
 from metricsfacade import get_metrics
-from metricsfacade.config import MCP_METHODS, MetricsConfig
+from metricsfacade.config import MetricsConfig
 from metricsfacade.facade import Metrics
 from metricsfacade.handles import Counter, Gauge, Histogram, HistogramChild, MetricHandle, Timer
 from metricsfacade.shadowcat.catalog import CATALOG, CatalogEntry
 from metricsfacade.shadowcat.labels import OTHER, BoundedValues, method_matcher
+from metricsfacade.shadowcat.settings import MCP_METHODS, ShadowcatSettings
 from metricsfacade.shadowcat.tracking import (
     CANCELLED,
     ERROR,
@@ -68,7 +69,9 @@ class ShadowcatMetrics:
 
     def __init__(self, facade: Metrics | None = None, config: MetricsConfig | None = None) -> None:
         self.facade = facade = facade if facade is not None else get_metrics()
-        settings = (config or facade.config or MetricsConfig()).shadowcat
+        settings: ShadowcatSettings = (config or facade.config or MetricsConfig()).table(
+            "shadowcat"
+        )
         handles = {entry.name: declare(facade, entry) for entry in CATALOG}
         self.requests = typed_handle(handles, "shadowcat_requests_total", Counter)
         self.request_duration = typed_handle(handles, "shadowcat_request_duration_seconds", Timer)

@@ -32,11 +32,8 @@ def facade_routes(metrics: Metrics, readiness: ReadinessChecks) -> Routes:
         return metrics.config or unconfigured
 
     def render() -> Render | None:
-        try:
-            backend = metrics.backend("prometheus")
-        except KeyError:
-            return None
-        return getattr(backend, "render", None)
+        backend = metrics.pull_backend()
+        return backend.render if backend is not None else None
 
     return Routes(config, render, readiness, serve_root=True)
 
