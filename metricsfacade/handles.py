@@ -2,8 +2,9 @@
 
 The record path lives here and is kept short: a bound child validates the value with one
 chained comparison and calls the function(s) its backends gave it for that series. Anything
-unusual (a bad value, a backend error, a label set not seen before) leaves the fast path for
-the facade, which counts, logs, or creates the series.
+unusual (a bad value, a store error, a label set not seen before) leaves the fast path: a
+new label set goes to the handle's :class:`SeriesSource`, a recording it cannot take to its
+:class:`RecordErrors`, which counts and logs it (or raises, in strict mode).
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ import math
 import sys
 from collections.abc import Callable
 from operator import itemgetter
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, cast
 
 from metricsfacade.spec import MetricSpec
 from metricsfacade.timing import Timing
-
-if TYPE_CHECKING:
-    from metricsfacade.facade import Metrics
 
 _INF = math.inf
 #: the longest duration a timer takes: push backends send it in milliseconds, which must
@@ -27,7 +25,27 @@ _MAX_SECONDS = sys.float_info.max / 1000.0
 RecordFn = Callable[[float], None]
 
 
-def _noop(_value: float) -> None:
+class RecordErrors(Protocol):
+    """Where handles report a recording they cannot take. Counted in
+    ``metricsfacade_dropped_total`` and logged once, or raised as RecordError when strict."""
+
+    def reject(self, handle: MetricHandle[Any], reason: str, detail: str) -> None:
+        """A bad call: a value that is not finite, labels that do not match."""
+
+    def record_failed(self, handle: MetricHandle[Any], exc: Exception, value: object) -> None:
+        """Recording ``value`` raised ``exc`` (a non-number, a value out of range)."""
+
+
+class SeriesSource(Protocol):
+    """Where a handle gets the child of a label set it has not cached."""
+
+    def child_for(
+        self, handle: MetricHandle[Any], values: tuple[object, ...], by_name: dict[str, object]
+    ) -> Any:
+        """Validate the label set; create, fold (past the cardinality limit) or reject it."""
+
+
+def record_nothing(_value: float) -> None:
     """What a child records to while no backend is bound (unconfigured, disabled, closed)."""
 
 
@@ -58,7 +76,7 @@ class CounterChild(Child):
 
     def __init__(self, metric: MetricHandle[CounterChild], label_values: tuple[str, ...]) -> None:
         super().__init__(metric, label_values)
-        self._inc: RecordFn = _noop
+        self._inc: RecordFn = record_nothing
 
     def inc(self, amount: float = 1) -> None:
         """Add ``amount`` (finite, >= 0). Invalid amounts are counted and dropped."""
@@ -67,10 +85,10 @@ class CounterChild(Child):
                 self._inc(amount)
                 return
         except Exception as exc:
-            self._metric._facade._record_failed(self._metric, exc, amount)
+            self._metric._errors.record_failed(self._metric, exc, amount)
             return
         reason = "negative_value" if amount < 0 else "not_finite"
-        self._metric._facade._reject(self._metric, reason, f"inc({amount!r})")
+        self._metric._errors.reject(self._metric, reason, f"inc({amount!r})")
 
 
 class GaugeChild(Child):
@@ -78,8 +96,8 @@ class GaugeChild(Child):
 
     def __init__(self, metric: MetricHandle[GaugeChild], label_values: tuple[str, ...]) -> None:
         super().__init__(metric, label_values)
-        self._set: RecordFn = _noop
-        self._add: RecordFn = _noop
+        self._set: RecordFn = record_nothing
+        self._add: RecordFn = record_nothing
 
     def set(self, value: float) -> None:
         try:
@@ -87,9 +105,9 @@ class GaugeChild(Child):
                 self._set(value)
                 return
         except Exception as exc:
-            self._metric._facade._record_failed(self._metric, exc, value)
+            self._metric._errors.record_failed(self._metric, exc, value)
             return
-        self._metric._facade._reject(self._metric, "not_finite", f"set({value!r})")
+        self._metric._errors.reject(self._metric, "not_finite", f"set({value!r})")
 
     def inc(self, amount: float = 1) -> None:
         try:
@@ -97,9 +115,9 @@ class GaugeChild(Child):
                 self._add(amount)
                 return
         except Exception as exc:
-            self._metric._facade._record_failed(self._metric, exc, amount)
+            self._metric._errors.record_failed(self._metric, exc, amount)
             return
-        self._metric._facade._reject(self._metric, "not_finite", f"inc({amount!r})")
+        self._metric._errors.reject(self._metric, "not_finite", f"inc({amount!r})")
 
     def dec(self, amount: float = 1) -> None:
         try:
@@ -107,9 +125,9 @@ class GaugeChild(Child):
                 self._add(-amount)
                 return
         except Exception as exc:
-            self._metric._facade._record_failed(self._metric, exc, amount)
+            self._metric._errors.record_failed(self._metric, exc, amount)
             return
-        self._metric._facade._reject(self._metric, "not_finite", f"dec({amount!r})")
+        self._metric._errors.reject(self._metric, "not_finite", f"dec({amount!r})")
 
 
 class HistogramChild(Child):
@@ -117,7 +135,7 @@ class HistogramChild(Child):
 
     def __init__(self, metric: MetricHandle[HistogramChild], label_values: tuple[str, ...]) -> None:
         super().__init__(metric, label_values)
-        self._observe: RecordFn = _noop
+        self._observe: RecordFn = record_nothing
 
     def observe(self, value: float) -> None:
         """Record one observation (seconds, for timers). Non-finite values are dropped."""
@@ -126,9 +144,9 @@ class HistogramChild(Child):
                 self._observe(value)
                 return
         except Exception as exc:
-            self._metric._facade._record_failed(self._metric, exc, value)
+            self._metric._errors.record_failed(self._metric, exc, value)
             return
-        self._metric._facade._reject(self._metric, "not_finite", f"observe({value!r})")
+        self._metric._errors.reject(self._metric, "not_finite", f"observe({value!r})")
 
     def time(self) -> Timing:
         """Time a block (``with``/``async with``) or every call of a decorated function."""
@@ -145,10 +163,10 @@ class TimerChild(HistogramChild):
                 self._observe(value)
                 return
         except Exception as exc:
-            self._metric._facade._record_failed(self._metric, exc, value)
+            self._metric._errors.record_failed(self._metric, exc, value)
             return
         reason = "out_of_range" if -_INF < value < _INF else "not_finite"
-        self._metric._facade._reject(self._metric, reason, f"observe({value!r})")
+        self._metric._errors.reject(self._metric, reason, f"observe({value!r})")
 
 
 ChildT = TypeVar("ChildT", bound=Child)
@@ -168,21 +186,23 @@ class MetricHandle(Generic[ChildT]):
 
     __slots__ = (
         "_children",
-        "_facade",
+        "_errors",
         "_keyword_key",
         "_label_count",
         "_overflow",
+        "_series_source",
         "_unlabeled",
         "bound_spec",
         "series",
         "spec",
     )
 
-    def __init__(self, facade: Metrics, spec: MetricSpec) -> None:
+    def __init__(self, spec: MetricSpec, series: SeriesSource, errors: RecordErrors) -> None:
         self.spec = spec
         #: ``spec`` with the configured default buckets filled in, once bound.
         self.bound_spec = spec
-        self._facade = facade
+        self._series_source = series
+        self._errors = errors
         self._label_count = len(spec.label_names)
         self._keyword_key = _keyword_key(spec.label_names)
         #: label values as callers pass them, when all are str -> child. Read without a lock.
@@ -202,17 +222,17 @@ class MetricHandle(Generic[ChildT]):
         """
         if by_name:
             if values or len(by_name) != self._label_count:
-                return cast(ChildT, self._facade._child_for(self, values, by_name))
+                return cast(ChildT, self._series_source.child_for(self, values, by_name))
             try:
                 values = self._keyword_key(by_name)
             except KeyError:
-                return cast(ChildT, self._facade._child_for(self, (), by_name))
+                return cast(ChildT, self._series_source.child_for(self, (), by_name))
         try:
             child = self._children.get(values)  # only all-str label sets are cached here
         except Exception:  # an unhashable label value, or one whose __hash__ raises
             child = None
         if child is None:
-            return cast(ChildT, self._facade._child_for(self, values, {}))
+            return cast(ChildT, self._series_source.child_for(self, values, {}))
         return child
 
     def __repr__(self) -> str:

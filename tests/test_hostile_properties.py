@@ -125,7 +125,7 @@ class Hostile(RuleBasedStateMachine):
     @rule(counter=counters, labels=st.lists(label_values, max_size=3), amount=values)
     def increment(self, counter: Any, labels: list[object], amount: object) -> None:
         counter.labels(*labels).inc(amount)  # never raises
-        if not self.configured or counter._facade is not self.facade:
+        if not self.configured or self.facade.find(counter.spec.key) is not counter:
             return
         added = counted(amount)
         keys = [normalized(value) for value in labels]
