@@ -1,4 +1,4 @@
-"""The custom-metric registry (brief Step 5): metrics named at run time, not in code.
+"""The custom-metric registry metrics named at run time, not in code.
 
 ``register_custom_metric(name, help, buckets)`` declares a histogram and returns it;
 ``record(name, value)`` observes into a histogram, declaring it on first use. Counters and
@@ -43,7 +43,7 @@ class CustomMetrics:
         buckets: Sequence[float] | None = None,
         labels: Sequence[str] | None = None,
     ) -> Histogram:
-        """Declare a histogram (the brief's custom metric); returns its handle."""
+        """Declare a histogram, the usual custom metric; returns its handle."""
         return self._remember(name, self.facade.histogram(name, help, labels, buckets))
 
     def register_counter(
@@ -154,7 +154,7 @@ def register_custom_metric(
     buckets: Sequence[float] | None = None,
     labels: Sequence[str] | None = None,
 ) -> Histogram:
-    """Declare a custom histogram on the global facade (the brief's Step 5 signature)."""
+    """Declare a custom histogram on the global facade."""
     return _global_registry().register_custom_metric(name, help, buckets, labels)
 
 

@@ -14,8 +14,8 @@ from metricsfacade.errors import DeclarationError
 METRIC_NAME_RE = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 
-#: The brief's latency buckets (seconds), for histograms and timers that set none and when
-#: the config sets no ``histogram_buckets``. Slower calls still land in the +Inf bucket.
+#: The default latency buckets (seconds, 1 ms to 5 s), for histograms and timers that set
+#: none when the config sets no ``histogram_buckets``. Slower calls land in +Inf.
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001,
     0.005,

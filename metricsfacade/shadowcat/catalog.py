@@ -1,10 +1,11 @@
-"""The shadowcat_* metric catalog: the brief's Step 1, with its flaws fixed, names unchanged.
+"""The shadowcat_* metric catalog: the metrics of an MCP proxy, in Prometheus' naming.
 
-Help texts are the brief's, word for word (``shadowcat_goroutines`` counts asyncio
-tasks here, though its help still says tokio). Durations are timers (Prometheus
+Help texts are Shadowcat's own, kept word for word so dashboards built on the Rust
+proxy still apply (``shadowcat_goroutines`` counts asyncio tasks here, though its help
+says tokio). Durations are timers (Prometheus
 histograms of seconds; StatsD and Datadog get milliseconds).
 ``shadowcat_request_duration_seconds`` sets no buckets: it takes the config's
-``histogram_buckets``, else the brief's (the facade's defaults, 1 ms to 5 s).
+``histogram_buckets``, else the facade's defaults (1 ms to 5 s).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class CatalogEntry:
     kind: Kind
     help: str
     labels: tuple[str, ...] = ()
-    #: None: the configured default (``histogram_buckets``, else the brief's latency buckets)
+    #: None: the configured default (``histogram_buckets``, else DEFAULT_BUCKETS)
     buckets: tuple[float, ...] | None = None
 
 

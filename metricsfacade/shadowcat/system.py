@@ -1,4 +1,4 @@
-"""The system collector (brief Step 2): memory, CPU, units of work, threads, fds, uptime.
+"""The system collector: memory, CPU, units of work, threads, fds, uptime.
 
 Values are real measurements from psutil: CPU percent is the process's CPU time over the
 time since the previous collection (never a stub 0). Collection runs just before every
