@@ -6,7 +6,6 @@ import functools
 import inspect
 from collections.abc import Callable
 from time import perf_counter
-from types import TracebackType
 from typing import Any, TypeVar
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -30,24 +29,14 @@ class Timing:
         self._start = perf_counter()
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._observe(perf_counter() - self._start)
 
     async def __aenter__(self) -> Timing:
         self._start = perf_counter()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._observe(perf_counter() - self._start)
 
     def __call__(self, func: F) -> F:

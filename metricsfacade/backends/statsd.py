@@ -79,13 +79,7 @@ class UdpTransport:
         family, kind, proto, _, address = socket.getaddrinfo(
             *self._address, type=socket.SOCK_DGRAM
         )[0]
-        sock = socket.socket(family, kind, proto)
-        try:
-            sock.connect(address)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return _connected(socket.socket(family, kind, proto), address)
 
     def reset(self) -> None:
         sock, self._sock = self._sock, None
@@ -118,12 +112,7 @@ class StreamTransport:
         assert settings.socket_path is not None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(CONNECT_TIMEOUT_SECS)
-        try:
-            sock.connect(settings.socket_path)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return _connected(sock, settings.socket_path)
 
     def reset(self) -> None:
         sock, self._sock = self._sock, None
@@ -131,6 +120,16 @@ class StreamTransport:
             with contextlib.suppress(OSError):  # wakes a send blocked in sendall()
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
+
+
+def _connected(sock: socket.socket, address: Any) -> socket.socket:
+    """``sock`` connected to ``address``; closed if that fails."""
+    try:
+        sock.connect(address)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class StatsdBackend(LinePushBackend):

@@ -178,13 +178,8 @@ class RequestTracker:
         self._start = perf_counter()
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, traceback)
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: Any) -> None:
+        self.__exit__(exc_type, *exc_info)
 
     # -- decorator: a new tracker per call ---------------------------------------------------
 

@@ -10,20 +10,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from metricsfacade.facade import Metrics
 from metricsfacade.web.protocol import ASGIApp, Message, Receive, Scope, Send
 from metricsfacade.web.recorder import (
-    DEFAULT_EXCLUDED_PATHS,
-    DEFAULT_SIZE_BUCKETS,
-    UNMATCHED_ROUTE,
+    RecorderOptions,
     RequestInfo,
-    RequestLabel,
     RequestRecorder,
     method_label,
 )
 from metricsfacade.web.templates import asgi_route
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("metricsfacade.web")
 
@@ -39,29 +40,11 @@ class ASGIMetricsMiddleware:
     """
 
     def __init__(
-        self,
-        app: ASGIApp,
-        metrics: Metrics | None = None,
-        *,
-        prefix: str = "http",
-        duration_buckets: Sequence[float] | None = None,
-        size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
-        group_status: bool = False,
-        exclude_paths: Iterable[str] = DEFAULT_EXCLUDED_PATHS,
-        request_labels: Iterable[RequestLabel] = (),
-        unmatched_route: str = UNMATCHED_ROUTE,
+        self, app: ASGIApp, metrics: Metrics | None = None, **options: Unpack[RecorderOptions]
     ) -> None:
+        """``options``: those of :class:`~metricsfacade.web.recorder.RequestRecorder`."""
         self.app = app
-        self.recorder = RequestRecorder(
-            metrics,
-            prefix=prefix,
-            duration_buckets=duration_buckets,
-            size_buckets=size_buckets,
-            group_status=group_status,
-            exclude_paths=exclude_paths,
-            request_labels=request_labels,
-            unmatched_route=unmatched_route,
-        )
+        self.recorder = RequestRecorder(metrics, **options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or self.recorder.excluded(scope["path"]):

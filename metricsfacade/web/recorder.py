@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import Any
+from typing import Any, TypedDict
 
 import attrs
 
@@ -33,6 +33,18 @@ METHODS = frozenset(
 )
 #: Label sets whose bound record functions are cached; past it they are looked up per request.
 BOUND_CACHE_LIMIT = 10_000
+
+
+class RecorderOptions(TypedDict, total=False):
+    """The keyword arguments of :class:`RequestRecorder`, which the middleware pass on."""
+
+    prefix: str
+    duration_buckets: Sequence[float] | None
+    size_buckets: Sequence[float]
+    group_status: bool
+    exclude_paths: Iterable[str]
+    request_labels: Iterable[RequestLabel]
+    unmatched_route: str
 
 
 @attrs.frozen

@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from metricsfacade.facade import Metrics
 from metricsfacade.web.protocol import Environ, ExcInfo, StartResponse, WSGIApp
 from metricsfacade.web.recorder import (
-    DEFAULT_EXCLUDED_PATHS,
-    DEFAULT_SIZE_BUCKETS,
-    UNMATCHED_ROUTE,
+    RecorderOptions,
     RequestInfo,
-    RequestLabel,
     RequestRecorder,
     method_label,
 )
 from metricsfacade.web.templates import watch_flask, wsgi_route
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 logger = logging.getLogger("metricsfacade.web")
 
@@ -36,29 +37,11 @@ class WSGIMetricsMiddleware:
     """
 
     def __init__(
-        self,
-        app: WSGIApp,
-        metrics: Metrics | None = None,
-        *,
-        prefix: str = "http",
-        duration_buckets: Sequence[float] | None = None,
-        size_buckets: Sequence[float] = DEFAULT_SIZE_BUCKETS,
-        group_status: bool = False,
-        exclude_paths: Iterable[str] = DEFAULT_EXCLUDED_PATHS,
-        request_labels: Iterable[RequestLabel] = (),
-        unmatched_route: str = UNMATCHED_ROUTE,
+        self, app: WSGIApp, metrics: Metrics | None = None, **options: Unpack[RecorderOptions]
     ) -> None:
+        """``options``: those of :class:`~metricsfacade.web.recorder.RequestRecorder`."""
         self.app = app
-        self.recorder = RequestRecorder(
-            metrics,
-            prefix=prefix,
-            duration_buckets=duration_buckets,
-            size_buckets=size_buckets,
-            group_status=group_status,
-            exclude_paths=exclude_paths,
-            request_labels=request_labels,
-            unmatched_route=unmatched_route,
-        )
+        self.recorder = RequestRecorder(metrics, **options)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
