@@ -400,12 +400,12 @@ def test_declaring_never_walks_the_declared_metrics():
     walks the metrics declared before it (that made 10,000 declarations take 109 s)."""
     m = mf.Metrics({"port": None, "backends": ["memory"]}, environ={})
     try:
-        m._handles = CountingDict(m._handles)
+        m._declarations._handles = CountingDict(m._declarations._handles)
         CountingDict.walks = 0
         custom = mf.CustomMetrics(m)
         for index in range(2000):
             custom.increment(f"hostile_job_{index}_total")
         assert CountingDict.walks == 0
-        assert len(m._handles) >= 2000
+        assert len(m._declarations._handles) >= 2000
     finally:
         m.close()
