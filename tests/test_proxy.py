@@ -198,7 +198,7 @@ class InProcessProxy(MemoryReadings):
         tape_path: Path | None = None,
     ) -> None:
         self.facade = mf.Metrics({"port": None, "backends": ["memory"]}, environ={})
-        settings = load_config({"proxy": proxy_settings or {}}, environ={}).proxy
+        settings = load_config({"proxy": proxy_settings or {}}, environ={}).table("proxy")
         self.shadowcat = StateLog(self.facade)
         client_in_r, client_in_w = os.pipe()
         client_out_r, client_out_w = os.pipe()
