@@ -9,7 +9,6 @@ lines are summed, so aggregated lines count as much as single increments) and th
 from __future__ import annotations
 
 import json
-import os
 import select
 import signal
 import socket
@@ -23,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sinks
-from strict_statsd import Line, parse_line
+from support import sinks
+from support.strict_statsd import Line, parse_line
 
 from metricsfacade.config import load_config
 from metricsfacade.shutdown import flush_all
 
 INCREMENTS = 50_000
-REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_SECS = 30.0
 EXIT_TIMEOUT_SECS = 15.0
 DELIVERY_TIMEOUT_SECS = 5.0
@@ -160,7 +158,6 @@ class Child:
     def __init__(self, options: dict[str, Any], tmp_path: Path) -> None:
         self.stderr_path = tmp_path / "child-stderr.txt"
         env = {k: v for k, v in sinks.clean_environ().items() if not k.startswith("DD_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", CHILD, json.dumps(options)],

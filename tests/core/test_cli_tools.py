@@ -8,11 +8,11 @@ import re
 import statistics
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+import support
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = support.REPO
 
 
 def _env(**extra: str) -> dict[str, str]:

@@ -2,7 +2,8 @@
 daemon) and real MCP peers (the reference server ``mcp-server-everything``, the proxy's
 stderr log) from tests.
 
-Standard library only, so importing this module (conftest.py does) stays cheap.
+Standard library only, so importing this module (conftest.py does) stays cheap. Its waits poll
+with :func:`support.eventually`.
 
 A missing executable (or StatsD install) skips the test, unless the environment variable
 ``REQUIRE_REAL_SINKS`` is set to ``1`` (CI does): then it fails, so CI can never silently skip
@@ -21,29 +22,28 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
-import pytest
-import strict_statsd
+from support import (
+    REQUIRE_ENV,
+    clean_environ,
+    eventually,
+    http_get,
+    sinks_required,
+    strict_statsd,
+    unavailable,
+)
 
-#: Set to 1 to turn "tool not found, skipped" into a test failure.
-REQUIRE_ENV = "REQUIRE_REAL_SINKS"
+__all__ = ["REQUIRE_ENV", "clean_environ", "http_get", "sinks_required", "unavailable"]
 
 #: How long to poll the query API for a first result. Prometheus only starts scraping about
 #: 5 s after it is ready (its service discovery batches updates), even with a 1 s interval.
 QUERY_TIMEOUT_SECS = 20.0
 READY_TIMEOUT_SECS = 15.0
 POLL_SECS = 0.2
-
-
-def sinks_required() -> bool:
-    """True when REQUIRE_REAL_SINKS asks for real sinks to be mandatory."""
-    return os.environ.get(REQUIRE_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 def require_tool(name: str) -> str:
@@ -54,31 +54,11 @@ def require_tool(name: str) -> str:
     unavailable(f"{name!r} is not on PATH ({os.environ.get('PATH', '')!r})")
 
 
-def unavailable(message: str) -> NoReturn:
-    """Skip the test because a real sink is missing, or fail it under REQUIRE_REAL_SINKS=1."""
-    if sinks_required():
-        pytest.fail(f"{REQUIRE_ENV}=1 but {message}", pytrace=False)
-    pytest.skip(f"{message}; set {REQUIRE_ENV}=1 to make this a failure")
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that was free a moment ago (the OS picks it when binding port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
-
-
-def http_get(
-    url: str, headers: Mapping[str, str] | None = None, timeout: float = 5.0
-) -> tuple[int, dict[str, str], bytes]:
-    """GET ``url``: (status, headers, body). HTTP error statuses are returned, not raised."""
-    request = urllib.request.Request(url, headers=dict(headers or {}))
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, dict(response.headers.items()), response.read()
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return exc.code, dict(exc.headers.items()), exc.read()
 
 
 def log_tail(path: Path, lines: int = 40) -> str:
@@ -197,18 +177,18 @@ def start_prometheus(
 
 
 def _wait_ready(server: PrometheusServer, timeout: float = READY_TIMEOUT_SECS) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """True once ``/-/ready`` answers 200; False if the process exits or ``timeout`` passes."""
+
+    def settled() -> str:
         if server.process.poll() is not None:
-            return False
+            return "exited"
         try:
             status, _, _ = http_get(f"{server.url}/-/ready", timeout=1.0)
         except OSError:
             status = 0
-        if status == 200:
-            return True
-        time.sleep(0.05)
-    return False
+        return "ready" if status == 200 else ""
+
+    return eventually(settled, timeout, 0.05, fail=False) == "ready"
 
 
 def targets_summary(prom_url: str) -> str:
@@ -258,17 +238,14 @@ def query(
 ) -> list[dict[str, Any]]:
     """Poll ``promql`` until its result is non-empty (up to ``timeout`` s) and return it:
     a list of ``{"metric": {labels}, "value": [timestamp, "value"]}``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = query_once(prom_url, promql, diagnostics)
-        if result:
-            return result
-        if time.monotonic() >= deadline:
-            extra = diagnostics() if diagnostics else targets_summary(prom_url)
-            raise AssertionError(
-                f"query {promql!r} still had no result after {timeout:g} s\n{extra}"
-            )
-        time.sleep(POLL_SECS)
+
+    def failure() -> str:
+        extra = diagnostics() if diagnostics else targets_summary(prom_url)
+        return f"query {promql!r} had no result\n{extra}"
+
+    return eventually(
+        lambda: query_once(prom_url, promql, diagnostics), timeout, POLL_SECS, message=failure
+    )
 
 
 def value(sample: Mapping[str, Any]) -> float:
@@ -554,21 +531,11 @@ class StatsdDaemon:
     ) -> StatsdTotals:
         """Poll :meth:`totals` until ``reached(totals)`` holds and one more flush ran (so
         nothing still in flight is missed), or ``timeout`` passes: return the last answer."""
-        deadline = time.monotonic() + timeout
-        while True:
-            totals = self.totals()
-            if reached(totals) or time.monotonic() >= deadline:
-                break
-            if self.process.poll() is not None:
-                raise AssertionError(f"the StatsD daemon exited\n{self.diagnostics()}")
-            time.sleep(STATSD_POLL_SECS)
+        totals = self.wait_until("totals", reached, timeout)
         settled = totals.flushes
-        while time.monotonic() < deadline + 1.0:
-            totals = self.totals()
-            if totals.flushes > settled + 1:
-                break
-            time.sleep(STATSD_POLL_SECS)
-        return totals
+        # Not reached in time: one more second, for the failure to show the latest totals.
+        more = timeout if reached(totals) else 1.0
+        return self.wait_until("totals", lambda later: later.flushes > settled + 1, more)
 
     @property
     def metrics_received(self) -> float:
@@ -585,17 +552,22 @@ class StatsdDaemon:
         predicate: Callable[[Any], bool],
         timeout: float = STATSD_WAIT_SECS,
     ) -> Any:
-        """Poll ``mgmt(self, command)`` until ``predicate(answer)`` holds, and return the
-        answer. After ``timeout`` s the last answer is returned anyway: assert on it, so the
-        failure shows what the daemon had (UDP is asynchronous; lost lines never arrive)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            answer = mgmt(self, command)
-            if predicate(answer) or time.monotonic() >= deadline:
-                return answer
+        """Poll ``mgmt(self, command)`` (``"totals"``: :meth:`totals`) until
+        ``predicate(answer)`` holds, and return the answer.
+        After ``timeout`` s the last answer is returned anyway: assert on it, so the failure
+        shows what the daemon had (UDP is asynchronous; lost lines never arrive)."""
+        answers: list[Any] = []
+
+        def reached() -> bool:
+            answers.append(self.totals() if command == "totals" else mgmt(self, command))
+            if predicate(answers[-1]):
+                return True
             if self.process.poll() is not None:
                 raise AssertionError(f"the StatsD daemon exited\n{self.diagnostics()}")
-            time.sleep(STATSD_POLL_SECS)
+            return False
+
+        eventually(reached, timeout, STATSD_POLL_SECS, fail=False)
+        return answers[-1]
 
     def wait_for_key(self, command: str, key: str, timeout: float = STATSD_WAIT_SECS) -> Any:
         """Poll until ``key`` shows up in ``counters``/``gauges``/``timers``; return the
@@ -738,19 +710,21 @@ def start_statsd_daemon(
 
 
 def _wait_statsd_ready(daemon: StatsdDaemon, timeout: float = STATSD_READY_TIMEOUT_SECS) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    """True once the console answers ``health: up`` and the UDP socket is bound; False if the
+    process exits or ``timeout`` passes."""
+
+    def settled() -> str:
         if daemon.process.poll() is not None:
-            return False
+            return "exited"
         try:
             healthy = mgmt(daemon, "health", timeout=1.0) == "up"
         except OSError:
             healthy = False
         # The UDP socket is bound asynchronously too: its server logs when it is.
-        if healthy and UDP_BUFFER_LOG_RE.search(daemon.log_path.read_text(errors="replace")):
-            return True
-        time.sleep(0.02)
-    return False
+        log = daemon.log_path.read_text(errors="replace")
+        return "ready" if healthy and UDP_BUFFER_LOG_RE.search(log) else ""
+
+    return eventually(settled, timeout, 0.02, fail=False) == "ready"
 
 
 _PROC_NET_UDP = Path("/proc/net/udp")
@@ -926,11 +900,6 @@ def require_mcp_server_everything() -> list[str]:
     return [str(path), "stdio"]
 
 
-def clean_environ() -> dict[str, str]:
-    """A copy of the environment without ``METRICSFACADE_*`` settings, for child processes."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("METRICSFACADE_")}
-
-
 def proxy_command(
     server: list[str], *, tape: Path | None = None, config: Path | None = None
 ) -> list[str]:
@@ -1051,9 +1020,9 @@ class UdpLineSink:
     ) -> list[Any]:
         """Poll until ``predicate(self.lines())`` holds, then read for another ``settle`` s
         (so strays and duplicates show); after ``timeout`` s return the lines anyway."""
-        deadline = time.monotonic() + timeout
-        while not predicate(self.lines()) and time.monotonic() < deadline:
-            time.sleep(STATSD_POLL_SECS)
+        eventually(lambda: predicate(self.lines()), timeout, STATSD_POLL_SECS, fail=False)
+        # Datagrams that should NOT come (strays, duplicates) have no event to wait for: a
+        # short quiet period is the only way to see them.
         time.sleep(settle)
         return self.lines()
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import sinks
+from support import sinks
 
 import metricsfacade as mf
 from metricsfacade.web import ASGIMetricsMiddleware

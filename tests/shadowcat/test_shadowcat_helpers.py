@@ -16,8 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-import strict_statsd
 from prometheus_client.parser import text_string_to_metric_families
+from support import strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.config import MCP_METHODS as DEFAULT_ALLOW_LIST

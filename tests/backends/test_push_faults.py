@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sinks
+from support import sinks
 
 import metricsfacade as mf
 

@@ -16,14 +16,15 @@ import sys
 from pathlib import Path
 
 import pytest
-import sinks
+import support
+from support import sinks
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:
     import tomli as tomllib
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = support.REPO
 #: What building the distribution reads from the working tree.
 SOURCES = ("pyproject.toml", "README.md", "LICENSE", "metricsfacade")
 MISSING_PROMETHEUS = (

@@ -20,9 +20,9 @@ import anyio
 import anyio.to_thread
 import psutil
 import pytest
-import sinks
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from support import sinks
 from test_proxy import (
     LineReader,
     call,

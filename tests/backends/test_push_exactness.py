@@ -33,14 +33,13 @@ from typing import Any
 
 import attrs
 import pytest
-import sinks
-import strict_statsd
+import support
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import sinks, strict_statsd
 
 import metricsfacade as mf
 
-REPO = Path(__file__).resolve().parent.parent
 DROPS = "metricsfacade_backend_dropped_total"
 NEVER = 3600
 LOOP = 1_000_000
@@ -496,7 +495,7 @@ def test_exit_without_close_sends_everything_once_from_parent_and_child(
     flush of each sends what it recorded, and nothing of the parent's twice."""
     script = tmp_path / "exit_without_close.py"
     script.write_text(textwrap.dedent(EXIT_SCRIPT.format(port=totals_daemon.port)))
-    env = {**sinks.clean_environ(), "PYTHONPATH": str(REPO)}
+    env = {**sinks.clean_environ(), "PYTHONPATH": str(support.REPO)}
     result = subprocess.run(
         [sys.executable, str(script)],
         check=False,

@@ -26,9 +26,8 @@ from typing import Any
 
 import attrs
 import pytest
-import sinks
-import strict_statsd
 from prometheus_client.parser import text_string_to_metric_families
+from support import sinks, strict_statsd
 
 import metricsfacade as mf
 

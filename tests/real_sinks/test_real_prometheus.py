@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sinks
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from support import sinks
 
 import metricsfacade as mf
 

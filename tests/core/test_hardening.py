@@ -15,13 +15,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import strict_statsd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as openmetrics_families,
 )
 from prometheus_client.parser import text_string_to_metric_families
+from support import strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.backends.lines import dotted_name

@@ -12,9 +12,9 @@ from typing import Any
 
 import psutil
 import pytest
-import strict_statsd
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from support import strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.shadowcat import SystemCollector

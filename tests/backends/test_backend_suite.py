@@ -14,8 +14,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import pytest
-import strict_statsd
 from prometheus_client.parser import text_string_to_metric_families
+from support import strict_statsd
 
 import metricsfacade as mf
 

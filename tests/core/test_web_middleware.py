@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import support
 
 import metricsfacade as mf
 from metricsfacade.web import ASGIMetricsMiddleware, RequestLabel, WSGIMetricsMiddleware
@@ -441,7 +442,7 @@ def test_a_path_flood_in_fastapi_and_django_makes_one_series_per_route(framework
     pytest.importorskip(framework)
     script = (
         "import sys\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path[:0] = [{str(support.REPO)!r}, {str(Path(__file__).parent)!r}]\n"
         "import metricsfacade as mf\n"
         "m = mf.Metrics({'port': 'off', 'backends': ['prometheus']}, environ={})\n"
         f"FLOOD = {FLOOD}\n" + FRAMEWORK_FLOODS[framework] + "\n"

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sinks
 from prometheus_client.parser import text_string_to_metric_families
+from support import sinks
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")

@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import sinks
+import support
+from support import sinks
 
 from metricsfacade.shadowcat.catalog import CATALOG
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = support.REPO
 DASHBOARD = ROOT / "examples" / "grafana" / "shadowcat-dashboard.json"
 ALERTS = ROOT / "examples" / "prometheus" / "alerts.yml"
 ALERTS_TEST = ROOT / "examples" / "prometheus" / "alerts_test.yml"

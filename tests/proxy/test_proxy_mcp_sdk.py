@@ -35,11 +35,11 @@ import anyio
 import anyio.to_thread
 import mcp_types as types
 import pytest
-import sinks
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import PROCESS_TERMINATION_TIMEOUT, stdio_client
 from mcp.shared.exceptions import MCPError
 from prometheus_client.parser import text_string_to_metric_families
+from support import sinks
 
 # Sampling, roots and logging are deprecated in the 2026 protocol; the SDK still speaks them
 # on the 2025-11-25 handshake these tests use, and warns on every call.

@@ -15,12 +15,12 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 from typing import IO
 
 import pytest
+import support
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = support.REPO
 EXAMPLE = ROOT / "examples" / "quickstart.py"
 LOAD_TEST = ROOT / "examples" / "load_test.sh"
 

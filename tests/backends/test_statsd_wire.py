@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
-import sinks
-import strict_statsd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from strict_statsd import Line, MalformedLine, format_line, parse_datagram, parse_line
+from support import sinks, strict_statsd
+from support.strict_statsd import Line, MalformedLine, format_line, parse_datagram, parse_line
 
 import metricsfacade as mf
 
