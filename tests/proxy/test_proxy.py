@@ -29,13 +29,15 @@ from typing import Any
 
 import psutil
 import pytest
-from readings import MemoryReadings
+import support
+from support import eventually
 
 import metricsfacade as mf
 from metricsfacade.config import load_config
 from metricsfacade.proxy import StdioProxy
 from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.shadowcat import ShadowcatMetrics
+from metricsfacade.testing import MetricsMock
 
 DEMO = [sys.executable, "-m", "metricsfacade.demo.server"]
 REQUESTS = "shadowcat_requests_total"
@@ -79,29 +81,6 @@ INITIALIZED = line({"jsonrpc": "2.0", "method": "notifications/initialized"})
 
 def error_code(message: dict[str, Any]) -> int | None:
     return message["error"]["code"] if "error" in message else None
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what or predicate}")
-        time.sleep(0.01)
-
-
-def settle(read: Callable[[], float], expected: float, timeout: float = 3.0) -> float:
-    """Poll a metric until it equals ``expected`` (the proxy records after relaying, so
-    metrics lag the traffic a little); returns the last value read, for the caller to assert
-    on."""
-    deadline = time.monotonic() + timeout
-    value = read()
-    while value != expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-        value = read()
-    return value
 
 
 class LineReader:
@@ -190,7 +169,7 @@ class StateLog(ShadowcatMetrics):
         super().circuit_breaker_state(upstream, state)
 
 
-class InProcessProxy(MemoryReadings):
+class InProcessProxy:
     def __init__(
         self,
         command: list[str],
@@ -198,6 +177,7 @@ class InProcessProxy(MemoryReadings):
         tape_path: Path | None = None,
     ) -> None:
         self.facade = mf.Metrics({"port": None, "backends": ["memory"]}, environ={})
+        self.mock = MetricsMock(self.facade).__enter__()
         settings = load_config({"proxy": proxy_settings or {}}, environ={}).proxy
         self.shadowcat = StateLog(self.facade)
         client_in_r, client_in_w = os.pipe()
@@ -243,9 +223,16 @@ class InProcessProxy(MemoryReadings):
         for stream in (self._client_in, self._client_out):
             with contextlib.suppress(OSError, ValueError):
                 stream.close()
+        self.mock.__exit__(None, None, None)
         self.facade.close()
 
     # -- metrics -------------------------------------------------------------------------------
+
+    def count(self, name: str, **labels: str) -> float:
+        return support.counted(self.mock, name, **labels)
+
+    def observed(self, name: str, **labels: str) -> list[float]:
+        return support.observed(self.mock, name, **labels)
 
     def requests(self, method: str, status: str) -> float:
         return self.count(REQUESTS, method=method, status=status)
@@ -254,7 +241,11 @@ class InProcessProxy(MemoryReadings):
         return self.count(UPSTREAM_ERRORS, error_type=error_type, **UPSTREAM)
 
     def settled(self, expected: float, name: str, **labels: str) -> float:
-        return settle(lambda: self.count(name, **labels), expected)
+        """Poll a metric until it equals ``expected`` (the proxy records after relaying, so
+        metrics lag the traffic a little); returns the last value read, for the caller to
+        assert on."""
+        eventually(lambda: self.count(name, **labels) == expected, 3.0, fail=False)
+        return self.count(name, **labels)
 
 
 @pytest.fixture
@@ -410,16 +401,16 @@ class ProxyProcess:
         return self.stderr_path.read_text(errors="replace")
 
     def metrics_url(self) -> str:
-        found = wait_until(
+        found = eventually(
             lambda: re.search(r"metrics at (http://127\.0\.0\.1:\d+)/metrics", self.stderr()),
             10,
-            "the 'metrics at' log line",
+            message="the 'metrics at' log line",
         )
         return found.group(1)
 
     def server_pid(self) -> int:
-        children = wait_until(
-            lambda: psutil.Process(self.process.pid).children(), 5, "the server process"
+        children = eventually(
+            lambda: psutil.Process(self.process.pid).children(), 5, message="the server process"
         )
         assert len(children) == 1, children
         return children[0].pid
@@ -909,7 +900,7 @@ def test_restart_replays_initialize_without_the_client_seeing_it(start_proxy, tm
     assert proxy.ask(call(2, "echo"))["result"]["tool"] == "echo"
     crashed = proxy.ask(call(3, "crash"))
     assert (crashed["id"], error_code(crashed)) == (3, -32000)
-    wait_until(lambda: proxy.proxy.ready, 3, "the restarted server to be initialized")
+    eventually(lambda: proxy.proxy.ready, 3, message="the restarted server to be initialized")
     after = proxy.ask(call(4, "echo"))
     assert after["id"] == 4
     assert after["result"]["tool"] == "echo"
@@ -1042,7 +1033,7 @@ def test_breaker_opens_after_consecutive_crashes_and_closes_after_reset(start_pr
     while crashes < 2:
         assert time.monotonic() < deadline, "the server did not come back to crash again"
         if initialized and crashes:
-            wait_until(lambda: proxy.proxy.ready, 3, "the restarted server")
+            eventually(lambda: proxy.proxy.ready, 3, message="the restarted server")
         request_id += 1
         answer = proxy.ask(call(request_id, "crash"))
         assert error_code(answer) == -32000
@@ -1051,7 +1042,7 @@ def test_breaker_opens_after_consecutive_crashes_and_closes_after_reset(start_pr
         else:
             time.sleep(0.01)
     opened = time.monotonic()
-    assert settle(lambda: proxy.count(BREAKER, **UPSTREAM), 1) == 1, proxy.shadowcat.states
+    assert proxy.settled(1, BREAKER, **UPSTREAM) == 1, proxy.shadowcat.states
     # While open, requests are refused at once.
     refused = proxy.ask(request("while-open", "ping"), timeout=0.3)
     assert error_code(refused) == -32000
@@ -1066,7 +1057,7 @@ def test_breaker_opens_after_consecutive_crashes_and_closes_after_reset(start_pr
         assert time.monotonic() - opened < 3, "the breaker never let a trial through"
         time.sleep(0.02)
     assert time.monotonic() - opened >= 0.45
-    assert settle(lambda: proxy.count(BREAKER, **UPSTREAM), 0) == 0
+    assert proxy.settled(0, BREAKER, **UPSTREAM) == 0
     states = proxy.shadowcat.states
     assert states[0] == "closed"
     assert states[-3:] == ["open", "half_open", "closed"], states
@@ -1145,7 +1136,7 @@ def _a_session_with_a_restart() -> None:
     try:
         assert "result" in proxy.ask(initialize(1))
         assert error_code(proxy.ask(call(2, "crash"))) == -32000
-        wait_until(lambda: proxy.proxy.ready, 3, "the restarted server")
+        eventually(lambda: proxy.proxy.ready, 3, message="the restarted server")
         assert proxy.close_client() == 0
     finally:
         proxy.teardown()
@@ -1173,15 +1164,15 @@ def test_ready_follows_the_initialize_response(start_proxy_process, tmp_path):
     assert proxy.ask(request(1, "ping"))["result"] == {}
     assert http_get(url + "/ready")[0] == 503  # running, not initialized yet
     assert "result" in proxy.ask(initialize(2))
-    wait_until(lambda: http_get(url + "/ready")[0] == 200, 2, "/ready to turn 200")
+    eventually(lambda: http_get(url + "/ready")[0] == 200, 2, message="/ready to turn 200")
     initialize_counted = re.compile(
         r'^shadowcat_requests_total\{[^}]*method="initialize"[^}]*\} 1(\.0)?$', re.M
     )
     # Ready as the initialize response is relayed; recorded once the traffic pauses (1 ms).
-    wait_until(
+    eventually(
         lambda: initialize_counted.search(http_get(url + "/metrics")[1].decode()),
         2,
-        "the initialize request to be recorded",
+        message="the initialize request to be recorded",
     )
     metrics = http_get(url + "/metrics")[1].decode()
     assert initialize_counted.search(metrics)
@@ -1207,7 +1198,7 @@ def test_client_eof_ends_the_proxy_and_its_server(start_proxy_process, tmp_path)
         except psutil.NoSuchProcess:
             return True
 
-    assert wait_until(server_gone, 3, f"the server (pid {server_pid}) to end")
+    assert eventually(server_gone, 3, message=f"the server (pid {server_pid}) to end")
     directions = [json.loads(raw)["direction"] for raw in tape_path.read_bytes().splitlines()]
     assert directions == ["client_to_server", "server_to_client"] * 2
 
@@ -1332,7 +1323,9 @@ def test_an_unanswered_server_request_times_out_and_a_late_answer_is_expected(
     roots = proxy.recv_json(timeout=3)  # the server's own request, at 1 s
     assert roots == {"jsonrpc": "2.0", "id": 5, "method": "roots/list"}
     # The client leaves it unanswered: recorded as a timeout once request_timeout_secs pass.
-    wait_until(lambda: proxy.requests("roots/list", "timeout"), 5, "the server request to expire")
+    eventually(
+        lambda: proxy.requests("roots/list", "timeout"), 5, message="the server request to expire"
+    )
     durations = proxy.observed(
         "shadowcat_request_duration_seconds", method="roots/list", status="timeout"
     )
@@ -1388,7 +1381,8 @@ def test_a_batch_shares_its_bytes_among_its_requests(start_proxy):
     assert sorted(json.loads(raw)["id"] for raw in answers) == ["a", "b", "c"]
     a, b, c = shares(batch, 3)
     sizes = "shadowcat_request_size_bytes"
-    assert settle(lambda: len(proxy.observed(sizes)), 3) == 3
+    eventually(lambda: len(proxy.observed(sizes)) >= 3, message="three sizes observed")
+    assert len(proxy.observed(sizes)) == 3
     assert sum(proxy.observed(sizes)) == len(batch)  # every byte relayed, no more
     assert proxy.observed(sizes, method="ping") == [a, c]
     assert proxy.observed(sizes, method="tools/call") == [b]

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import support
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from readings import MemoryReadings
 
 import metricsfacade as mf
 from metricsfacade.proxy.bookkeeping import (
@@ -31,6 +31,7 @@ from metricsfacade.proxy.jsonrpc import parse_line
 from metricsfacade.proxy.relay import DROPPED_HEAD_BYTES, RELAYED_AT, LineInput, LineOutput
 from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.shadowcat import ShadowcatMetrics
+from metricsfacade.testing import MetricsMock
 
 LIMIT = 64
 REQUESTS = "shadowcat_requests_total"
@@ -437,11 +438,12 @@ def cancelled(message_id: Any) -> bytes:
     return jline({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": params})
 
 
-class Books(MemoryReadings):
+class Books:
     """A Bookkeeping on a memory-backed facade, with readers of what it recorded."""
 
     def __init__(self, tape_path: Path | None = None) -> None:
         self.facade = mf.Metrics({"port": None, "backends": ["memory"]}, environ={})
+        self.mock = MetricsMock(self.facade).__enter__()
         self.shadowcat = ShadowcatMetrics(self.facade)
         self.tape = TapeRecorder(str(tape_path), self.shadowcat) if tape_path else None
         self.answered = 0
@@ -458,6 +460,12 @@ class Books(MemoryReadings):
         parsed = NOT_PARSED if messages is None else messages
         self.books.record([origin, line, read_at, relayed_at, parsed])
 
+    def count(self, name: str, **labels: str) -> float:
+        return support.counted(self.mock, name, **labels)
+
+    def observed(self, name: str, **labels: str) -> list[float]:
+        return support.observed(self.mock, name, **labels)
+
     def requests(self, method: str, status: str) -> float:
         return self.count(REQUESTS, method=method, transport="stdio", status=status)
 
@@ -468,6 +476,7 @@ class Books(MemoryReadings):
         self.books.close()
         if self.tape is not None:
             self.tape.close()
+        self.mock.__exit__(None, None, None)
         self.facade.close()
 
 

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from mcp import ClientSession, StdioServerParameters
 from mcp.client.stdio import stdio_client
-from support import sinks
+from support import eventually, sinks
 from test_proxy import (
     LineReader,
     call,
@@ -31,7 +31,6 @@ from test_proxy import (
     read_tape,
     request,
     start_proxy,
-    wait_until,
 )
 
 from metricsfacade.proxy.core import CANNOT_START, SIGNAL_GRACE_SECS, SIGNALLED_BASE
@@ -117,7 +116,9 @@ def stubborn_server(tmp_path: Path) -> tuple[list[str], Path]:
 
 
 def server_pid(pid_path: Path) -> int:
-    text = wait_until(lambda: pid_path.exists() and pid_path.read_text(), 10, "the server pid")
+    text = eventually(
+        lambda: pid_path.exists() and pid_path.read_text(), 10, message="the server pid"
+    )
     return int(text)
 
 
@@ -244,7 +245,9 @@ def test_a_stop_signal_answers_what_is_in_flight_and_ends_everything(
         pid = server_pid(proxy.pid_path)
         quick, stuck = call(2, "slow", secs=0.3), call(3, "slow", secs=60)
         proxy.send(quick + stuck)
-        wait_until(lambda: received(proxy.pid_path) == [1, 2, 3], 5, "the server to have both")
+        eventually(
+            lambda: received(proxy.pid_path) == [1, 2, 3], 5, message="the server to have both"
+        )
         signalled = time.monotonic()
         proxy.process.send_signal(signum)
         answers = {message["id"]: message for message in proxy.out.recv_many(2, 5)}
@@ -330,7 +333,9 @@ def test_with_restart_a_server_that_cannot_start_yet_is_retried(start_proxy, tmp
     script = tmp_path / "late_server.py"
     settings = {"restart": True, "restart_backoff_secs": 0.05, "breaker_reset_secs": 0.2}
     proxy = start_proxy([str(script)], settings)
-    wait_until(lambda: proxy.upstream_errors("spawn_failed") >= 3, 10, "three failed starts")
+    eventually(
+        lambda: proxy.upstream_errors("spawn_failed") >= 3, 10, message="three failed starts"
+    )
     refused = proxy.ask(request(1, "ping"))
     assert (refused["id"], error_code(refused)) == (1, -32000)
     demo = "import runpy; runpy.run_module('metricsfacade.demo.server', run_name='__main__')\n"
@@ -342,7 +347,7 @@ def test_with_restart_a_server_that_cannot_start_yet_is_retried(start_proxy, tmp
     def answered() -> bool:
         return "result" in proxy.ask(request(2, "ping"))
 
-    wait_until(answered, 15, "the server to start")
+    eventually(answered, 15, message="the server to start")
     assert proxy.close_client() == 0
 
 
