@@ -6,7 +6,8 @@ Facades:
 - ``make_facade``: a factory, ``make_facade(**settings)``: a facade with only the memory
   backend and no HTTP endpoint (``settings`` override that), ignoring ``METRICSFACADE_*``
   variables; every facade it made is closed at teardown (closing one earlier is fine).
-- ``facade``: ``make_facade()``.
+- ``facade``: ``make_facade()``; ``mock``: a :class:`~metricsfacade.testing.MetricsMock`
+  on it.
 - ``serve_facade``: the same factory with the Prometheus backend serving on a free loopback
   port (``port=0``).
 
@@ -15,7 +16,8 @@ Sockets and the environment:
 - ``children_import_this_checkout`` (per session, automatic): ``PYTHONPATH`` starts with the
   repository, so child processes import the package under test wherever pytest runs from.
 - ``udp_sink``: a :class:`support.sinks.UdpLineSink`, a UDP socket that keeps every datagram
-  and parses its lines strictly; closed at teardown.
+  and parses its lines strictly; ``udp_receiver``: a bare bound UDP socket. Both closed at
+  teardown.
 - ``no_datadog_environment``: clears the ``DD_*`` variables DogStatsd reads (where the agent
   is, extra tags, origin detection), so the host's environment cannot leak into what is sent.
 - ``certificate`` (per session): a self-signed certificate and key for 127.0.0.1.
@@ -44,6 +46,7 @@ from __future__ import annotations
 import functools
 import os
 import shlex
+import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -54,6 +57,7 @@ import support
 from support import sinks
 
 import metricsfacade as mf
+from metricsfacade.testing import MetricsMock
 
 StartPrometheus = Callable[[Mapping[str, str]], sinks.PrometheusServer]
 StartStatsd = Callable[[], sinks.StatsdDaemon]
@@ -99,6 +103,13 @@ def facade(make_facade: MakeFacade) -> mf.Metrics:
 
 
 @pytest.fixture
+def mock(facade: mf.Metrics) -> Iterator[MetricsMock]:
+    """A MetricsMock on ``facade``."""
+    with MetricsMock(facade) as metrics_mock:
+        yield metrics_mock
+
+
+@pytest.fixture
 def serve_facade(make_facade: MakeFacade) -> MakeFacade:
     """Build facades with the Prometheus backend serving on a free loopback port."""
     return functools.partial(make_facade, port=0, backends=["prometheus"])
@@ -112,6 +123,15 @@ def udp_sink() -> Iterator[sinks.UdpLineSink]:
     sink = sinks.UdpLineSink()
     yield sink
     sink.close()
+
+
+@pytest.fixture
+def udp_receiver() -> Iterator[socket.socket]:
+    """A bare UDP socket on 127.0.0.1, for tests that read datagrams as they come."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
 
 
 @pytest.fixture

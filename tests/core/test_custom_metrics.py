@@ -3,61 +3,18 @@ declared by the ``custom_metrics`` config list."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from support import bucket_bounds, families, scrape
 
 import metricsfacade as mf
 from metricsfacade.testing import MetricsMock
 
 
-def make_facade(**settings: Any) -> mf.Metrics:
-    return mf.Metrics({"port": None, "backends": ["memory"], **settings}, environ={})
-
-
-@pytest.fixture
-def facade() -> Iterator[mf.Metrics]:
-    metrics = make_facade()
-    yield metrics
-    metrics.close()
-
-
-@pytest.fixture
-def mock(facade: mf.Metrics) -> Iterator[MetricsMock]:
-    with MetricsMock(facade) as metrics_mock:
-        yield metrics_mock
-
-
 @pytest.fixture
 def custom(facade: mf.Metrics) -> mf.CustomMetrics:
     return mf.CustomMetrics(facade)
-
-
-def exposition(metrics: mf.Metrics) -> str:
-    return metrics.backend("prometheus").render(None)[0].decode()  # type: ignore[attr-defined]
-
-
-def families(metrics: mf.Metrics) -> dict[str, Any]:
-    """Parsed families by declared name (counters keep their ``_total``)."""
-    parsed = {}
-    for family in text_string_to_metric_families(exposition(metrics)):
-        name = f"{family.name}_total" if family.type == "counter" else family.name
-        parsed[name] = family
-    return parsed
-
-
-def bucket_bounds(family: Any) -> tuple[float, ...]:
-    return tuple(
-        sorted(
-            {
-                float(sample.labels["le"])
-                for sample in family.samples
-                if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf"
-            }
-        )
-    )
 
 
 # -- register_custom_metric ---------------------------------------------------------------------
@@ -194,7 +151,7 @@ def test_conflicts_at_record_time_are_dropped(
 
 
 @pytest.mark.parametrize("conflict", CONFLICTS)
-def test_conflicts_at_record_time_raise_in_strict_mode(conflict: Any) -> None:
+def test_conflicts_at_record_time_raise_in_strict_mode(make_facade, conflict: Any) -> None:
     metrics = make_facade(strict=True)
     try:
         custom = mf.CustomMetrics(metrics)
@@ -223,7 +180,7 @@ def test_recording_into_a_metric_declared_with_buckets_elsewhere(
 # -- the cardinality limit -------------------------------------------------------------------
 
 
-def test_custom_metrics_count_against_the_cardinality_limit() -> None:
+def test_custom_metrics_count_against_the_cardinality_limit(make_facade) -> None:
     metrics = make_facade(cardinality_limit=5)
     try:
         custom = mf.CustomMetrics(metrics)
@@ -249,7 +206,7 @@ def test_custom_metrics_count_against_the_cardinality_limit() -> None:
         metrics.close()
 
 
-def test_a_labeled_custom_metric_past_the_limit_overflows() -> None:
+def test_a_labeled_custom_metric_past_the_limit_overflows(make_facade) -> None:
     metrics = make_facade(cardinality_limit=2)
     try:
         custom = mf.CustomMetrics(metrics)
@@ -267,7 +224,7 @@ def test_a_labeled_custom_metric_past_the_limit_overflows() -> None:
         metrics.close()
 
 
-def test_an_existing_config_metric_keeps_recording_past_the_limit() -> None:
+def test_an_existing_config_metric_keeps_recording_past_the_limit(make_facade) -> None:
     metrics = make_facade(
         cardinality_limit=2,
         custom_metrics=[{"name": "cfg_payload_bytes", "kind": "histogram"}],
@@ -287,7 +244,7 @@ def test_an_existing_config_metric_keeps_recording_past_the_limit() -> None:
 # -- every backend -------------------------------------------------------------------------------
 
 
-def test_custom_metrics_reach_every_backend() -> None:
+def test_custom_metrics_reach_every_backend(make_facade) -> None:
     metrics = make_facade(backends=["memory", "prometheus"])
     try:
         custom = mf.CustomMetrics(metrics)
@@ -296,7 +253,7 @@ def test_custom_metrics_reach_every_backend() -> None:
         custom.record("cache_payload_bytes", 512)
         custom.increment("jobs_run_total", 3, {"queue": "fast"})
         custom.set_gauge("queue_depth", 7)
-        parsed = families(metrics)
+        parsed = families(scrape(metrics))
 
         db = parsed["db_query_seconds"]
         assert db.type == "histogram"
@@ -336,14 +293,14 @@ CONFIG_METRICS = [
 ]
 
 
-def test_config_metrics_are_declared_at_configure() -> None:
+def test_config_metrics_are_declared_at_configure(make_facade) -> None:
     metrics = make_facade(backends=["memory", "prometheus"], custom_metrics=CONFIG_METRICS)
     try:
-        text = exposition(metrics)
+        text = scrape(metrics)
         assert "# HELP jobs_total Jobs\n# TYPE jobs_total counter\n" in text
         assert "# HELP job_seconds Custom metric: job_seconds\n" in text
         assert "# TYPE job_seconds histogram\n" in text
-        parsed = families(metrics)
+        parsed = families(scrape(metrics))
         assert parsed["jobs_total"].type == "counter"
         assert parsed["jobs_total"].samples == []  # labeled: no series until recorded
         assert bucket_bounds(parsed["job_seconds"]) == (1.0, 5.0)
@@ -361,7 +318,7 @@ def test_config_metrics_are_declared_at_configure() -> None:
 
         jobs.labels(queue="fast").inc(2)
         timer.observe(3)
-        parsed = families(metrics)
+        parsed = families(scrape(metrics))
         assert [(s.labels, s.value) for s in parsed["jobs_total"].samples] == [
             ({"queue": "fast"}, 2)
         ]
@@ -371,7 +328,7 @@ def test_config_metrics_are_declared_at_configure() -> None:
         metrics.close()
 
 
-def test_config_metrics_survive_reconfiguration() -> None:
+def test_config_metrics_survive_reconfiguration(make_facade) -> None:
     metrics = make_facade(custom_metrics=CONFIG_METRICS)
     try:
         jobs = metrics.counter("jobs_total", "Jobs", ["queue"])
@@ -410,7 +367,7 @@ def test_config_metrics_from_a_toml_file(tmp_path: Any) -> None:
         metrics.close()
 
 
-def test_recording_a_config_metric_by_name() -> None:
+def test_recording_a_config_metric_by_name(make_facade) -> None:
     """What the config declares, code records by name (README: "exist from configure() on")."""
     metrics = make_facade(
         custom_metrics=[
@@ -458,7 +415,9 @@ BAD_ENTRIES = [
 
 
 @pytest.mark.parametrize(("entries", "index", "detail"), BAD_ENTRIES)
-def test_bad_config_entries_raise_config_error(entries: Any, index: int, detail: str) -> None:
+def test_bad_config_entries_raise_config_error(
+    make_facade, entries: Any, index: int, detail: str
+) -> None:
     with pytest.raises(mf.ConfigError) as raised:
         make_facade(custom_metrics=entries)
     message = str(raised.value)
@@ -467,7 +426,7 @@ def test_bad_config_entries_raise_config_error(entries: Any, index: int, detail:
     assert detail in message
 
 
-def test_custom_metrics_must_be_a_list() -> None:
+def test_custom_metrics_must_be_a_list(make_facade) -> None:
     with pytest.raises(mf.ConfigError, match="custom_metrics"):
         make_facade(custom_metrics={"name": "jobs_total", "kind": "counter"})
     with pytest.raises(mf.ConfigError, match="METRICSFACADE_CUSTOM_METRICS"):

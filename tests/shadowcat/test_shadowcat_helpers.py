@@ -12,12 +12,12 @@ import inspect
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import strict_statsd
+import support
+from support import bucket_bounds, strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.config import MCP_METHODS as DEFAULT_ALLOW_LIST
@@ -36,26 +36,9 @@ BREAKER = "shadowcat_circuit_breaker_state"
 RATE_LIMITED = "shadowcat_rate_limit_exceeded_total"
 
 
-def make_facade(**settings: Any) -> mf.Metrics:
-    return mf.Metrics({"port": None, "backends": ["memory"], **settings}, environ={})
-
-
-@pytest.fixture
-def facade() -> Iterator[mf.Metrics]:
-    metrics = make_facade()
-    yield metrics
-    metrics.close()
-
-
 @pytest.fixture
 def sc(facade: mf.Metrics) -> ShadowcatMetrics:
     return ShadowcatMetrics(facade)
-
-
-@pytest.fixture
-def mock(facade: mf.Metrics, sc: ShadowcatMetrics) -> Iterator[MetricsMock]:
-    with MetricsMock(facade) as metrics_mock:
-        yield metrics_mock
 
 
 def req_labels(method: str, transport: str = "stdio", status: str = "ok") -> dict[str, str]:
@@ -488,7 +471,7 @@ def test_unknown_methods_become_other(sc: ShadowcatMetrics, mock: MetricsMock) -
     assert label_values(mock, REQUEST_SIZE, "method") == {"other"}
 
 
-def test_a_configured_method_allow_list_is_honoured() -> None:
+def test_a_configured_method_allow_list_is_honoured(make_facade) -> None:
     metrics = make_facade(shadowcat={"methods": ["ping", "custom/*"]})
     try:
         sc = ShadowcatMetrics(metrics)
@@ -542,7 +525,7 @@ def test_a_method_flood_does_not_push_exact_mcp_methods_into_other(
         mock.assert_counter(REQUESTS, req_labels(method), 1)
 
 
-def test_rate_limited_clients_past_max_clients_are_other() -> None:
+def test_rate_limited_clients_past_max_clients_are_other(make_facade) -> None:
     metrics = make_facade(shadowcat={"max_clients": 3})
     try:
         sc = ShadowcatMetrics(metrics)
@@ -755,7 +738,7 @@ def test_an_invalid_breaker_state_is_dropped(sc: ShadowcatMetrics, mock: Metrics
     assert label_values(mock, BREAKER, "upstream") == {"up-a"}
 
 
-def test_an_invalid_breaker_state_raises_in_strict_mode() -> None:
+def test_an_invalid_breaker_state_raises_in_strict_mode(make_facade) -> None:
     metrics = make_facade(strict=True)
     try:
         sc = ShadowcatMetrics(metrics)
@@ -897,36 +880,13 @@ def record_everything(sc: ShadowcatMetrics) -> None:
     sc.tape_operation("record")
 
 
-def scrape(metrics: mf.Metrics) -> dict[str, Any]:
-    """The exposition parsed by prometheus-client, by sample-family name (counters keep their
-    ``_total`` here, as they were declared)."""
-    text = metrics.backend("prometheus").render(None)[0].decode()  # type: ignore[attr-defined]
-    families = {}
-    for family in text_string_to_metric_families(text):
-        name = f"{family.name}_total" if family.type == "counter" else family.name
-        assert name not in families, f"{name} exposed twice"
-        families[name] = family
-    return families
-
-
 def exposed_labels(family: Any) -> set[str]:
     return {label for sample in family.samples for label in sample.labels if label != "le"}
 
 
-def exposed_buckets(family: Any) -> tuple[float, ...]:
-    bounds = {
-        float(sample.labels["le"])
-        for sample in family.samples
-        if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf"
-    }
-    return tuple(sorted(bounds))
-
-
 @pytest.fixture
-def prometheus_facade() -> Iterator[mf.Metrics]:
-    metrics = mf.Metrics({"port": None, "backends": ["prometheus"]}, environ={})
-    yield metrics
-    metrics.close()
+def prometheus_facade(make_facade: Callable[..., mf.Metrics]) -> mf.Metrics:
+    return make_facade(backends=["prometheus"])
 
 
 def assert_matches_brief(family: Any, name: str) -> None:
@@ -936,7 +896,7 @@ def assert_matches_brief(family: Any, name: str) -> None:
     assert family.samples, f"{name}: no sample exposed"
     assert exposed_labels(family) == set(labels), f"{name}: labels {exposed_labels(family)}"
     if buckets is not None:
-        assert exposed_buckets(family) == buckets, f"{name}: buckets {exposed_buckets(family)}"
+        assert bucket_bounds(family) == buckets, f"{name}: buckets {bucket_bounds(family)}"
         assert any(s.labels.get("le") == "+Inf" for s in family.samples)
 
 
@@ -945,7 +905,7 @@ def test_the_exposition_has_every_metric_of_the_brief(
     prometheus_facade: mf.Metrics, name: str
 ) -> None:
     record_everything(ShadowcatMetrics(prometheus_facade))
-    families = scrape(prometheus_facade)
+    families = support.families(support.scrape(prometheus_facade))
     assert name in families, f"{name} not exposed; exposed: {sorted(families)}"
     assert_matches_brief(families[name], name)
 
@@ -953,13 +913,13 @@ def test_the_exposition_has_every_metric_of_the_brief(
 def test_goroutines_matches_the_brief(prometheus_facade: mf.Metrics) -> None:
     """Kept apart: the brief's HELP text says "tokio tasks"."""
     record_everything(ShadowcatMetrics(prometheus_facade))
-    families = scrape(prometheus_facade)
+    families = support.families(support.scrape(prometheus_facade))
     assert_matches_brief(families["shadowcat_goroutines"], "shadowcat_goroutines")
 
 
 def test_the_exposition_has_the_extra_gauges(prometheus_facade: mf.Metrics) -> None:
     ShadowcatMetrics(prometheus_facade)
-    families = scrape(prometheus_facade)
+    families = support.families(support.scrape(prometheus_facade))
     for name in EXTRA_GAUGES:
         assert families[name].type == "gauge", name
         assert families[name].documentation, name
@@ -976,24 +936,16 @@ def test_histogram_buckets_replace_only_the_request_duration_buckets() -> None:
     )
     try:
         record_everything(ShadowcatMetrics(metrics))
-        families = scrape(metrics)
-        assert exposed_buckets(families[DURATION]) == custom
+        families = support.families(support.scrape(metrics))
+        assert bucket_bounds(families[DURATION]) == custom
         for name, (kind, _help, _labels, buckets) in BRIEF_CATALOG.items():
             if kind == "histogram" and name != DURATION:
-                assert exposed_buckets(families[name]) == buckets, name
+                assert bucket_bounds(families[name]) == buckets, name
     finally:
         metrics.close()
 
 
 # -- the same recordings on the StatsD wire ---------------------------------------------------
-
-
-@pytest.fixture
-def udp_receiver() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    yield sock
-    sock.close()
 
 
 def receive_until(
@@ -1016,7 +968,7 @@ def receive_until(
     return lines
 
 
-def test_the_same_recordings_reach_statsd(udp_receiver: socket.socket) -> None:
+def test_the_same_recordings_reach_statsd(make_facade, udp_receiver: socket.socket) -> None:
     port = udp_receiver.getsockname()[1]
     metrics = make_facade(
         backends=["memory", "statsd"], statsd={"port": port, "flush_interval_secs": 0.05}

@@ -7,14 +7,13 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import psutil
 import pytest
 from prometheus_client import REGISTRY, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
-from support import strict_statsd
+from support import eventually, families, samples, scrape, strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.shadowcat import SystemCollector
@@ -23,52 +22,32 @@ THREAD_NAME = "metricsfacade-system-collector"
 PROMETHEUS = {"port": None, "backends": ["prometheus"]}
 
 
-def make_facade(**settings: Any) -> mf.Metrics:
-    return mf.Metrics({**PROMETHEUS, **settings}, environ={})
-
-
 @pytest.fixture
-def facade() -> Iterator[mf.Metrics]:
-    metrics = make_facade()
-    yield metrics
-    metrics.close()
+def facade(make_facade: Callable[..., mf.Metrics]) -> mf.Metrics:
+    """This file's facades expose what they collect with the Prometheus backend."""
+    return make_facade(backends=["prometheus"])
 
 
-def scrape(metrics: mf.Metrics) -> dict[str, float]:
+def values(metrics: mf.Metrics) -> dict[str, float]:
     """Every unlabeled sample of the exposition, by name (the render must parse)."""
-    text = metrics.backend("prometheus").render(None)[0].decode()  # type: ignore[attr-defined]
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+    return {name: value for (name, labels), value in samples(scrape(metrics)).items() if not labels}
 
 
 def collector_threads() -> set[threading.Thread]:
     return {thread for thread in threading.enumerate() if thread.name == THREAD_NAME}
 
 
-def wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 # -- pull: values at scrape time ----------------------------------------------------------------
 
 
-def test_values_are_collected_at_scrape_time() -> None:
+def test_values_are_collected_at_scrape_time(make_facade) -> None:
     metrics = make_facade(backends=["memory", "prometheus"])
     try:
         SystemCollector(metrics)
         memory = metrics.backend("memory")
         before = memory.value("shadowcat_memory_usage_bytes")  # type: ignore[attr-defined]
         assert before == 0  # nothing collected until a scrape
-        first = scrape(metrics)
+        first = values(metrics)
         rss = psutil.Process().memory_info().rss
         assert first["shadowcat_memory_usage_bytes"] == pytest.approx(rss, rel=0.1)
         # the scrape's collection reached every backend, not only the one scraped
@@ -83,10 +62,10 @@ def test_values_are_collected_at_scrape_time() -> None:
 
 def test_uptime_increases_between_scrapes(facade: mf.Metrics) -> None:
     SystemCollector(facade)
-    first = scrape(facade)["shadowcat_uptime_seconds"]
+    first = values(facade)["shadowcat_uptime_seconds"]
     expected = time.time() - psutil.Process().create_time()
     assert first == pytest.approx(expected, abs=1.0)
-    assert wait_for(lambda: scrape(facade)["shadowcat_uptime_seconds"] > first)
+    eventually(lambda: values(facade)["shadowcat_uptime_seconds"] > first)
 
 
 def test_thread_and_fd_counts_follow_the_process(facade: mf.Metrics) -> None:
@@ -98,7 +77,7 @@ def test_thread_and_fd_counts_follow_the_process(facade: mf.Metrics) -> None:
     try:
         for thread in extra:
             thread.start()
-        during = scrape(facade)
+        during = values(facade)
         threads, fds = process.num_threads(), process.num_fds()
     finally:
         stop.set()
@@ -110,23 +89,22 @@ def test_thread_and_fd_counts_follow_the_process(facade: mf.Metrics) -> None:
     assert during["shadowcat_threads"] == pytest.approx(threads, abs=2)
     assert during["shadowcat_open_fds"] >= 5
     assert during["shadowcat_open_fds"] == pytest.approx(fds, abs=3)
-    after = scrape(facade)
+    after = values(facade)
     assert after["shadowcat_open_fds"] <= during["shadowcat_open_fds"] - 5 + 3
 
 
 def test_cpu_percent_is_a_real_measurement(facade: mf.Metrics) -> None:
     SystemCollector(facade)
-    scrape(facade)
+    values(facade)
     deadline = time.perf_counter() + 0.3
     spins = 0
     while time.perf_counter() < deadline:
         spins += 1
-    busy = scrape(facade)["shadowcat_cpu_usage_percent"]
+    busy = values(facade)["shadowcat_cpu_usage_percent"]
     assert spins > 0
     assert busy > 10
-    idle_start = time.perf_counter()
-    assert wait_for(lambda: time.perf_counter() - idle_start > 0.3)  # mostly sleeping
-    idle = scrape(facade)["shadowcat_cpu_usage_percent"]
+    time.sleep(0.3)  # idle: the next measure covers an interval spent mostly sleeping
+    idle = values(facade)["shadowcat_cpu_usage_percent"]
     assert idle < busy
 
 
@@ -145,11 +123,11 @@ def test_goroutines_counts_the_tasks_of_the_running_loop(facade: mf.Metrics) -> 
         from_thread = memory_facade.backend("memory").value(  # type: ignore[attr-defined]
             "shadowcat_goroutines"
         )
-        scraped = await loop.run_in_executor(None, scrape, facade)
+        scraped = await loop.run_in_executor(None, values, facade)
         release.set()
         await asyncio.gather(*sleepers)
         await loop.run_in_executor(None, collector.collect)
-        after = scrape(facade)["shadowcat_goroutines"]
+        after = values(facade)["shadowcat_goroutines"]
         await loop.run_in_executor(None, mirror.collect)
         after_thread = memory_facade.backend("memory").value(  # type: ignore[attr-defined]
             "shadowcat_goroutines"
@@ -168,21 +146,21 @@ def test_goroutines_counts_the_tasks_of_the_running_loop(facade: mf.Metrics) -> 
 
 def test_goroutines_without_a_loop_then_watch_loop(facade: mf.Metrics) -> None:
     collector = SystemCollector(facade)  # no loop running here
-    assert scrape(facade)["shadowcat_goroutines"] == 0
+    assert values(facade)["shadowcat_goroutines"] == 0
 
     async def main() -> float:
         collector.watch_loop(asyncio.get_running_loop())
         release = asyncio.Event()
         sleepers = [asyncio.create_task(release.wait()) for _ in range(4)]
         await asyncio.sleep(0)
-        value = scrape(facade)["shadowcat_goroutines"]
+        value = values(facade)["shadowcat_goroutines"]
         release.set()
         await asyncio.gather(*sleepers)
         return value
 
     assert asyncio.run(main()) == 5
-    scrape(facade)  # the loop is closed now: collecting must not fail
-    assert scrape(facade)["shadowcat_memory_usage_bytes"] > 0
+    values(facade)  # the loop is closed now: collecting must not fail
+    assert values(facade)["shadowcat_memory_usage_bytes"] > 0
 
 
 def test_goroutines_counts_the_units_of_work_of_threaded_code(facade: mf.Metrics) -> None:
@@ -195,19 +173,11 @@ def test_goroutines_counts_the_units_of_work_of_threaded_code(facade: mf.Metrics
     for work in ({1, 2, 3}, {1}, set()):
         in_flight.clear()
         in_flight.update(work)
-        seen.append(scrape(facade)["shadowcat_goroutines"])
+        seen.append(values(facade)["shadowcat_goroutines"])
     assert seen == [3, 1, 0]
 
 
 # -- push: a collector thread -------------------------------------------------------------------
-
-
-@pytest.fixture
-def udp_receiver() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    yield sock
-    sock.close()
 
 
 def statsd_config(port: int, interval: float = 0.2) -> dict[str, Any]:
@@ -255,14 +225,14 @@ def test_push_backends_get_values_periodically(udp_receiver: socket.socket) -> N
         assert elapsed >= 0.2  # periodic, not a burst: 3 collections take 2 intervals
     finally:
         metrics.close()
-    assert wait_for(lambda: not thread.is_alive(), timeout=5)
+    eventually(lambda: not thread.is_alive())
     assert collector_threads() == before
 
 
 def test_no_collector_thread_with_pull_backends_only(facade: mf.Metrics) -> None:
     before = collector_threads()
     collector = SystemCollector(facade)
-    assert scrape(facade)["shadowcat_memory_usage_bytes"] > 0
+    assert values(facade)["shadowcat_memory_usage_bytes"] > 0
     assert collector_threads() == before
     assert collector._thread is None
 
@@ -286,9 +256,9 @@ def test_reconfigure_starts_and_stops_the_thread(
     assert memory_lines(udp_receiver, wanted=1, timeout=5)
 
     facade.configure(PROMETHEUS, environ={})
-    assert wait_for(lambda: not second.is_alive(), timeout=5)
+    eventually(lambda: not second.is_alive())
     assert collector_threads() == before
-    assert scrape(facade)["shadowcat_memory_usage_bytes"] > 0
+    assert values(facade)["shadowcat_memory_usage_bytes"] > 0
 
     facade.configure({**statsd_config(port), "enabled": False}, environ={})
     assert collector_threads() == before
@@ -304,29 +274,27 @@ def test_memory_and_push_backends_run_the_thread(udp_receiver: socket.socket) ->
         SystemCollector(metrics)
         assert len(collector_threads() - before) == 1
         memory = metrics.backend("memory")
-        assert wait_for(
+        eventually(
             lambda: memory.value("shadowcat_memory_usage_bytes") > 0  # type: ignore[attr-defined]
         )
     finally:
         metrics.close()
-    assert wait_for(lambda: collector_threads() == before)
+    eventually(lambda: collector_threads() == before)
 
 
 # -- prometheus-client's own process collector ------------------------------------------------
 
 
-def test_no_clash_with_the_process_collector_on_the_global_registry() -> None:
-    metrics = make_facade(prometheus={"registry": "global"})
+def test_no_clash_with_the_process_collector_on_the_global_registry(make_facade) -> None:
+    metrics = make_facade(backends=["prometheus"], prometheus={"registry": "global"})
     try:
         SystemCollector(metrics)
-        text = metrics.backend("prometheus").render(None)[0].decode()  # type: ignore[attr-defined]
-        families = [family.name for family in text_string_to_metric_families(text)]
-        assert len(families) == len(set(families))
-        assert "process_resident_memory_bytes" in families
-        assert "shadowcat_memory_usage_bytes" in families
-        samples = scrape(metrics)
-        assert samples["shadowcat_memory_usage_bytes"] == pytest.approx(
-            samples["process_resident_memory_bytes"], rel=0.1
+        exposed = families(scrape(metrics))  # fails on a family exposed twice
+        assert "process_resident_memory_bytes" in exposed
+        assert "shadowcat_memory_usage_bytes" in exposed
+        unlabeled = values(metrics)
+        assert unlabeled["shadowcat_memory_usage_bytes"] == pytest.approx(
+            unlabeled["process_resident_memory_bytes"], rel=0.1
         )
     finally:
         metrics.close()

@@ -6,8 +6,11 @@ at import time (prometheus-client is imported by the helpers that parse an expos
   sink) polls with it instead of sleeping.
 - :func:`require_module`: ``pytest.importorskip`` for optional extras, except that under
   ``REQUIRE_REAL_SINKS=1`` (CI) a missing module fails the test instead of skipping it.
-- :func:`scrape`, :func:`families`, :func:`samples`: a Prometheus exposition, from a facade
-  (rendered in process) or from a URL, and parsed.
+- :func:`scrape`, :func:`families`, :func:`samples`, :func:`bucket_bounds`: a Prometheus
+  exposition, from a facade (rendered in process) or from a URL, and parsed.
+- :func:`counted`, :func:`observed`: values a :class:`~metricsfacade.testing.MetricsMock`
+  holds, summed over the series whose labels include some labels (MetricsMock's own
+  ``assert_*`` methods match exact label sets and return nothing to poll or compare).
 - :func:`closed_udp_port`, :func:`clean_environ`, :data:`REPO`.
 
 Submodules: :mod:`support.sinks` (real sinks: a Prometheus server, promtool, the Etsy StatsD
@@ -33,6 +36,7 @@ import pytest
 
 if TYPE_CHECKING:
     import metricsfacade as mf
+    from metricsfacade.testing import MetricsMock, Record
 
 #: The repository (or unpacked sdist) root: tests never depend on the current directory.
 REPO = Path(__file__).resolve().parents[2]
@@ -183,6 +187,19 @@ def families(text: str, *, openmetrics: bool = False) -> dict[str, Any]:
     return parsed
 
 
+def bucket_bounds(family: Any) -> tuple[float, ...]:
+    """The finite bucket bounds (``le``) a parsed histogram family exposes, sorted."""
+    return tuple(
+        sorted(
+            {
+                float(sample.labels["le"])
+                for sample in family.samples
+                if sample.name.endswith("_bucket") and sample.labels["le"] != "+Inf"
+            }
+        )
+    )
+
+
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -193,6 +210,33 @@ def samples(text: str, *, openmetrics: bool = False) -> Samples:
         for family in families(text, openmetrics=openmetrics).values()
         for sample in family.samples
     }
+
+
+# -- values a MetricsMock holds -----------------------------------------------------------------
+
+
+def _matching(mock: MetricsMock, name: str, labels: Mapping[str, str]) -> list[Record]:
+    return [
+        record
+        for record in mock.records(name)
+        if all(record.labels.get(key) == value for key, value in labels.items())
+    ]
+
+
+def counted(mock: MetricsMock, name: str, **labels: str) -> float:
+    """A counter summed over the series whose labels include ``labels`` (or a gauge's
+    value); 0 when there is none."""
+    return sum(record.value or 0.0 for record in _matching(mock, name, labels))
+
+
+def observed(mock: MetricsMock, name: str, **labels: str) -> list[float]:
+    """Every value observed by the histogram series whose labels include ``labels``."""
+    return [
+        value
+        for record in _matching(mock, name, labels)
+        if record.histogram is not None
+        for value in record.histogram.values
+    ]
 
 
 # -- sockets and processes ---------------------------------------------------------------------
