@@ -36,7 +36,7 @@ import pytest
 import support
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import sinks, strict_statsd
+from support import closed_udp_port, sinks, strict_statsd
 
 import metricsfacade as mf
 
@@ -49,10 +49,7 @@ SETTLE_SECS = 30.0
 
 
 @pytest.fixture(autouse=True)
-def _no_datadog_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """DogStatsd reads where the agent is and extra tags from DD_* variables: none here."""
-    for name in sinks.DD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+def _no_origin_detection(no_datadog_environment: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DD_ORIGIN_DETECTION_ENABLED", "false")  # no |c: field to strip
 
 
@@ -67,13 +64,6 @@ def totals_daemon(
     )
     yield daemon
     daemon.stop()
-
-
-@pytest.fixture
-def udp_sink() -> Iterator[sinks.UdpLineSink]:
-    sink = sinks.UdpLineSink()
-    yield sink
-    sink.close()
 
 
 def facade(backend: str, host: str, port: int, **top: Any) -> mf.Metrics:
@@ -532,12 +522,6 @@ def nonzero_drops(memory: Any, backend: str) -> dict[str, float]:
         for record in memory.records(DROPS)
         if record.labels["backend"] == backend and record.value
     }
-
-
-def closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_close_with_the_tcp_agent_absent_counts_every_line_of_the_last_flush() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import sinks
+from support import closed_udp_port, eventually, sinks
 
 import metricsfacade as mf
 
@@ -39,18 +39,10 @@ THREAD_PREFIX = "metricsfacade-"
 NEVER = 3600
 
 
-@pytest.fixture(autouse=True)
-def _no_datadog_environment(monkeypatch):
-    """DogStatsd reads where the agent is and extra tags from DD_* variables."""
-    for name in sinks.DD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_datadog_environment")
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def make_metrics(backends: list[str], **tables: dict[str, Any]) -> mf.Metrics:
-    return mf.Metrics({"port": None, "backends": backends, **tables}, environ={})
 
 
 def drops(memory: Any, backend: str) -> dict[str, float]:
@@ -61,30 +53,6 @@ def drops(memory: Any, backend: str) -> dict[str, float]:
         for record in memory.records(DROPS)
         if record.labels["backend"] == backend and record.value
     }
-
-
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float = 5.0,
-    poke: Callable[[], None] | None = None,
-    interval: float = 0.02,
-) -> Any:
-    """Poll ``predicate`` (calling ``poke`` between tries) until it is truthy or time is up."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result or time.monotonic() > deadline:
-            return result
-        if poke is not None:
-            poke()
-        time.sleep(interval)
-
-
-def closed_udp_port() -> int:
-    """A UDP port nothing listens on (it was free a moment ago)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def metricsfacade_threads() -> set[threading.Thread]:
@@ -241,10 +209,10 @@ def agents() -> Iterator[list[Any]]:
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
-def test_udp_agent_absent_costs_no_exception_and_no_time(backend):
+def test_udp_agent_absent_costs_no_exception_and_no_time(make_facade, backend):
     port = closed_udp_port()
     table = {"host": "127.0.0.1", "port": port, "flush_interval_secs": NEVER}
-    with make_metrics([backend, "memory"], **{backend: table}) as m:
+    with make_facade(backends=[backend, "memory"], **{backend: table}) as m:
         requests = m.counter("demo_requests_total", "Requests", labels=["method"])
         latency = m.timer("demo_latency_seconds", "Latency")
         started = time.perf_counter()
@@ -259,11 +227,11 @@ def test_udp_agent_absent_costs_no_exception_and_no_time(backend):
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
-def test_udp_connected_socket_counts_refused_sends_as_drops(backend):
+def test_udp_connected_socket_counts_refused_sends_as_drops(make_facade, backend):
     """A connected UDP socket gets ECONNREFUSED on the send after the ICMP error."""
     port = closed_udp_port()
     table = {"host": "127.0.0.1", "port": port, "flush_interval_secs": NEVER}
-    with make_metrics([backend, "memory"], **{backend: table}) as m:
+    with make_facade(backends=[backend, "memory"], **{backend: table}) as m:
         requests = m.counter("demo_requests_total", "Requests")
         memory = m.backend("memory")
         requests.inc()
@@ -272,7 +240,7 @@ def test_udp_connected_socket_counts_refused_sends_as_drops(backend):
         assert drops(memory, backend) == {}
         requests.inc(2)
         m.flush()  # the queued ICMP error surfaces here: this packet and the refused one
-        assert wait_for(lambda: drops(memory, backend)) == {"send_failed": 2}
+        assert eventually(lambda: drops(memory, backend), fail=False) == {"send_failed": 2}
         for _ in range(3):  # within the 0.1 s backoff: refused without touching the socket
             requests.inc(3)
             m.flush()
@@ -293,9 +261,11 @@ def stream_settings(kind: str, tmp_path: Path) -> tuple[dict[str, Any], Callable
 
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
-def test_stream_agent_refused_then_started_reconnects(kind, tmp_path, agents):
+def test_stream_agent_refused_then_started_reconnects(make_facade, kind, tmp_path, agents):
     settings, start_agent = stream_settings(kind, tmp_path)
-    with make_metrics(["statsd", "memory"], statsd={**settings, "flush_interval_secs": NEVER}) as m:
+    with make_facade(
+        backends=["statsd", "memory"], statsd={**settings, "flush_interval_secs": NEVER}
+    ) as m:
         refused = m.counter("demo_refused_total", "Recorded while the agent is absent")
         back = m.counter("demo_back_total", "Recorded once it is back")
         memory = m.backend("memory")
@@ -306,7 +276,7 @@ def test_stream_agent_refused_then_started_reconnects(kind, tmp_path, agents):
         m.flush()
         elapsed = time.perf_counter() - started
         assert elapsed < 0.5, f"recording and flushing to a refused agent took {elapsed:.3f}s"
-        assert wait_for(lambda: drops(memory, "statsd")) == {"send_failed": 1}
+        assert eventually(lambda: drops(memory, "statsd"), fail=False) == {"send_failed": 1}
 
         for _ in range(3):  # still backing off: dropped without a connection attempt
             refused.inc(11)
@@ -323,14 +293,14 @@ def test_stream_agent_refused_then_started_reconnects(kind, tmp_path, agents):
             m.flush()
 
         started = time.monotonic()
-        assert wait_for(lambda: b"demo.back:1|c\n" in agent.data, poke=record_and_flush), (
-            f"no line reached the agent after it started; drops: {drops(memory, 'statsd')}"
-        )
+        assert eventually(
+            lambda: b"demo.back:1|c\n" in agent.data or record_and_flush(), fail=False
+        ), f"no line reached the agent after it started; drops: {drops(memory, 'statsd')}"
         reconnect_secs = time.monotonic() - started
         assert reconnect_secs < 3.0
         back.inc(42)
         m.flush()
-        assert wait_for(lambda: b"demo.back:42|c\n" in agent.data)
+        assert eventually(lambda: b"demo.back:42|c\n" in agent.data, fail=False)
         data = agent.data
         assert data.endswith(b"\n"), data[-200:]
         assert b"demo.refused" not in data, "lines dropped while refused were sent later"
@@ -340,10 +310,12 @@ def test_stream_agent_refused_then_started_reconnects(kind, tmp_path, agents):
 
 
 @pytest.mark.parametrize("kind", ["tcp", "unix"])
-def test_refused_connect_closes_its_socket(kind, tmp_path):
+def test_refused_connect_closes_its_socket(make_facade, kind, tmp_path):
     """A failed connect() must not leave its socket to the garbage collector."""
     settings, _ = stream_settings(kind, tmp_path)
-    with make_metrics(["statsd", "memory"], statsd={**settings, "flush_interval_secs": NEVER}) as m:
+    with make_facade(
+        backends=["statsd", "memory"], statsd={**settings, "flush_interval_secs": NEVER}
+    ) as m:
         requests = m.counter("demo_requests_total", "Requests")
         memory = m.backend("memory")
         with warnings.catch_warnings(record=True) as caught:
@@ -355,9 +327,9 @@ def test_refused_connect_closes_its_socket(kind, tmp_path):
 
             # three failed connects (0.1 s, then 0.2 s of backoff between them): the first
             # one's exception is kept alive by the warning it logs, the others are not
-            failures = wait_for(
-                lambda: drops(memory, "statsd").get("send_failed", 0) >= 3,
-                poke=record_and_flush,
+            failures = eventually(
+                lambda: drops(memory, "statsd").get("send_failed", 0) >= 3 or record_and_flush(),
+                fail=False,
             )
             assert failures, drops(memory, "statsd")
             gc.collect()
@@ -365,10 +337,10 @@ def test_refused_connect_closes_its_socket(kind, tmp_path):
         assert unclosed == [], unclosed
 
 
-def test_datadog_unix_datagram_socket_missing_then_bound(tmp_path, agents):
+def test_datadog_unix_datagram_socket_missing_then_bound(make_facade, tmp_path, agents):
     path = tmp_path / "dsd.socket"
     table = {"socket_path": str(path), "flush_interval_secs": NEVER}
-    with make_metrics(["datadog", "memory"], datadog=table) as m:
+    with make_facade(backends=["datadog", "memory"], datadog=table) as m:
         missing = m.counter("demo_missing_total", "Recorded while the socket is missing")
         back = m.counter("demo_back_total", "Recorded once it is bound")
         memory = m.backend("memory")
@@ -378,7 +350,7 @@ def test_datadog_unix_datagram_socket_missing_then_bound(tmp_path, agents):
             missing.inc(value)
         m.flush()
         assert time.perf_counter() - started < 0.5
-        assert wait_for(lambda: drops(memory, "datadog")) == {"send_failed": 1}
+        assert eventually(lambda: drops(memory, "datadog"), fail=False) == {"send_failed": 1}
         missing.inc(6)
         m.flush()
         assert drops(memory, "datadog").get("agent_unavailable", 0) >= 1
@@ -396,9 +368,9 @@ def test_datadog_unix_datagram_socket_missing_then_bound(tmp_path, agents):
             except BlockingIOError:
                 pass
 
-        assert wait_for(lambda: b"demo.back:1|c" in agent.lines(), poke=record_and_flush), (
-            f"nothing arrived on the bound socket; drops: {drops(memory, 'datadog')}"
-        )
+        assert eventually(
+            lambda: b"demo.back:1|c" in agent.lines() or record_and_flush(), fail=False
+        ), f"nothing arrived on the bound socket; drops: {drops(memory, 'datadog')}"
         agent.sock.setblocking(True)
         back.inc(42)
         m.flush()
@@ -413,12 +385,14 @@ LONG_PATH = "/" + "x" * 80  # ~100 bytes a line: 100k lines are 10 MB, far more 
 SERIES = 100_000
 
 
-def record_into_stalled_agent(agent: StreamAgent) -> tuple[mf.Metrics, Any, float, float]:
+def record_into_stalled_agent(
+    make_facade: Callable[..., mf.Metrics], agent: StreamAgent
+) -> tuple[mf.Metrics, Any, float, float]:
     """One recording into each of 100k series (a line each at the next flush) for a TCP
     agent that never reads: (facade, memory, worst, total secs)."""
     table = {"protocol": "tcp", "host": "127.0.0.1", "port": agent.port}
-    m = make_metrics(
-        ["statsd", "memory"],
+    m = make_facade(
+        backends=["statsd", "memory"],
         statsd={**table, "flush_interval_secs": 0.05},
         cardinality_limit=SERIES,
     )
@@ -439,17 +413,17 @@ def record_into_stalled_agent(agent: StreamAgent) -> tuple[mf.Metrics, Any, floa
     return m, m.backend("memory"), worst, clock() - started
 
 
-def test_stalled_tcp_agent_never_blocks_recording_and_close_is_bounded(agents):
+def test_stalled_tcp_agent_never_blocks_recording_and_close_is_bounded(make_facade, agents):
     agent = StreamAgent.tcp(mode="stall", rcvbuf=4096)
     agents.append(agent)
     before = metricsfacade_threads()
-    m, memory, worst, total = record_into_stalled_agent(agent)
+    m, memory, worst, total = record_into_stalled_agent(make_facade, agent)
     try:
         assert worst < 0.1, f"one recording took {worst:.3f}s while the agent stalled"
         assert total < 5.0, f"100k recordings took {total:.3f}s"
         assert sum(record.value for record in memory.records("demo_requests_total")) == SERIES
         # the flusher, not the caller, sat in sendall() until the 2 s send timeout
-        assert wait_for(lambda: drops(memory, "statsd").get("send_failed"), timeout=8.0), (
+        assert eventually(lambda: drops(memory, "statsd").get("send_failed"), 8.0, fail=False), (
             f"the stall never ended in a send timeout: {drops(memory, 'statsd')}"
         )
         assert agent.connections, "the agent never saw a connection"
@@ -461,14 +435,14 @@ def test_stalled_tcp_agent_never_blocks_recording_and_close_is_bounded(agents):
     assert not (metricsfacade_threads() - before)
 
 
-def test_close_during_a_stall_counts_the_drops_and_stops_the_flusher(agents):
+def test_close_during_a_stall_counts_the_drops_and_stops_the_flusher(make_facade, agents):
     """close() while a flush is blocked in sendall(): close gives it a second, then cuts the
     connection; the lines not sent are dropped and counted, the flusher ends, and close()
     returns well within the 2 s send timeout plus that second."""
     agent = StreamAgent.tcp(mode="stall", rcvbuf=4096)
     agents.append(agent)
     before = metricsfacade_threads()
-    m, memory, _, _ = record_into_stalled_agent(agent)
+    m, memory, _, _ = record_into_stalled_agent(make_facade, agent)
     assert not any(drops(memory, "statsd").values()), "the stall ended before close()"
     started = time.perf_counter()
     m.close()
@@ -482,20 +456,20 @@ def test_close_during_a_stall_counts_the_drops_and_stops_the_flusher(agents):
     assert close_secs < 4.0, f"close() took {close_secs:.1f}s: more than the 2 s send timeout"
 
 
-def test_close_is_bounded_when_the_agent_reads_slowly(agents):
+def test_close_is_bounded_when_the_agent_reads_slowly(make_facade, agents):
     """An agent reading 32 kB/s never lets a send time out: close() must not wait for it to
     take a whole flush (100,000 lines, here ~10 MB) at that pace."""
     agent = StreamAgent.tcp(mode="trickle", rcvbuf=4096)
     agents.append(agent)
     table = {"protocol": "tcp", "host": "127.0.0.1", "port": agent.port}
     before = metricsfacade_threads()
-    m = make_metrics(
-        ["statsd"], statsd={**table, "flush_interval_secs": 0.05}, cardinality_limit=SERIES
+    m = make_facade(
+        backends=["statsd"], statsd={**table, "flush_interval_secs": 0.05}, cardinality_limit=SERIES
     )
     counter = m.counter("demo_requests_total", "Requests", labels=["path"])
     for index in range(SERIES):
         counter.labels(f"{LONG_PATH}{index}").inc()
-    assert wait_for(lambda: agent.data, timeout=2.0), "the agent received nothing"
+    assert eventually(lambda: agent.data, 2.0, fail=False), "the agent received nothing"
 
     closer = threading.Thread(target=m.close, name="test-closer", daemon=True)
     started = time.monotonic()
@@ -513,11 +487,11 @@ def test_close_is_bounded_when_the_agent_reads_slowly(agents):
 # -- several backends --------------------------------------------------------------------------
 
 
-def test_memory_backend_exact_while_statsd_and_datadog_agents_are_absent():
+def test_memory_backend_exact_while_statsd_and_datadog_agents_are_absent(make_facade):
     statsd_port = sinks.free_port()
     datadog_port = closed_udp_port()
-    with make_metrics(
-        ["statsd", "datadog", "memory"],
+    with make_facade(
+        backends=["statsd", "datadog", "memory"],
         statsd={"protocol": "tcp", "port": statsd_port, "flush_interval_secs": 0.05},
         datadog={"host": "127.0.0.1", "port": datadog_port, "flush_interval_secs": 0.05},
     ) as m:
@@ -545,20 +519,22 @@ def test_memory_backend_exact_while_statsd_and_datadog_agents_are_absent():
         assert record.histogram.count == 2000
         assert sorted(record.histogram.values) == sorted(observed)
         # the agents' absence is counted as undelivered lines, never as record errors
-        assert wait_for(lambda: drops(memory, "statsd").get("send_failed"))
-        assert wait_for(
-            lambda: drops(memory, "datadog").get("send_failed"),
-            poke=lambda: (level.set(0), m.flush()),
+        assert eventually(lambda: drops(memory, "statsd").get("send_failed"), fail=False)
+        assert eventually(
+            lambda: drops(memory, "datadog").get("send_failed") or (level.set(0), m.flush())[-1],
+            fail=False,
         )
         assert memory.records("metricsfacade_dropped_total") == []
 
 
-def test_one_backend_raising_on_send_never_affects_the_others(monkeypatch, agents, caplog):
+def test_one_backend_raising_on_send_never_affects_the_others(
+    make_facade, monkeypatch, agents, caplog
+):
     statsd_agent = DatagramAgent.udp()
     datadog_agent = DatagramAgent.udp()
     agents.extend([statsd_agent, datadog_agent])
-    with make_metrics(
-        ["statsd", "datadog", "memory"],
+    with make_facade(
+        backends=["statsd", "datadog", "memory"],
         statsd={"host": "127.0.0.1", "port": statsd_agent.port, "flush_interval_secs": NEVER},
         datadog={"host": "127.0.0.1", "port": datadog_agent.port, "flush_interval_secs": NEVER},
     ) as m:
@@ -610,9 +586,9 @@ def parent_source(m: mf.Metrics, agent: DatagramAgent) -> Any:
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
-def test_fork_child_sends_only_its_own_lines_on_its_own_socket(backend, udp_agent):
+def test_fork_child_sends_only_its_own_lines_on_its_own_socket(make_facade, backend, udp_agent):
     agent = udp_agent
-    with make_metrics([backend], **udp_table(backend, agent.port, NEVER)) as m:
+    with make_facade(backends=[backend], **udp_table(backend, agent.port, NEVER)) as m:
         parent = m.counter("demo_parent_total", "Recorded before fork")
         child = m.counter("demo_child_total", "Recorded in the child")
         source = parent_source(m, agent)
@@ -637,9 +613,9 @@ def test_fork_child_sends_only_its_own_lines_on_its_own_socket(backend, udp_agen
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
-def test_fork_child_exiting_without_flush_loses_only_its_own_lines(backend, udp_agent):
+def test_fork_child_exiting_without_flush_loses_only_its_own_lines(make_facade, backend, udp_agent):
     agent = udp_agent
-    with make_metrics([backend], **udp_table(backend, agent.port, NEVER)) as m:
+    with make_facade(backends=[backend], **udp_table(backend, agent.port, NEVER)) as m:
         parent = m.counter("demo_parent_total", "Recorded before fork")
         child = m.counter("demo_child_total", "Recorded in the child")
         for value in (1, 2, 3):
@@ -658,9 +634,9 @@ def test_fork_child_exiting_without_flush_loses_only_its_own_lines(backend, udp_
 
 
 @pytest.mark.parametrize("backend", ["statsd", "datadog"])
-def test_fork_child_flushes_on_its_own_interval(backend, udp_agent):
+def test_fork_child_flushes_on_its_own_interval(make_facade, backend, udp_agent):
     agent = udp_agent
-    with make_metrics([backend], **udp_table(backend, agent.port, 0.05)) as m:
+    with make_facade(backends=[backend], **udp_table(backend, agent.port, 0.05)) as m:
         child = m.counter("demo_child_total", "Recorded in the child")
         source = parent_source(m, agent)
         flusher = "metricsfacade-push"
@@ -684,13 +660,13 @@ def test_fork_child_flushes_on_its_own_interval(backend, udp_agent):
 # -- after close -------------------------------------------------------------------------------
 
 
-def test_after_close_recording_is_a_silent_no_op_and_no_thread_remains(agents):
+def test_after_close_recording_is_a_silent_no_op_and_no_thread_remains(make_facade, agents):
     statsd_agent = DatagramAgent.udp()
     datadog_agent = DatagramAgent.udp()
     agents.extend([statsd_agent, datadog_agent])
     before = metricsfacade_threads()
-    m = make_metrics(
-        ["statsd", "datadog", "memory"],
+    m = make_facade(
+        backends=["statsd", "datadog", "memory"],
         statsd={"host": "127.0.0.1", "port": statsd_agent.port, "flush_interval_secs": 0.05},
         datadog={"host": "127.0.0.1", "port": datadog_agent.port, "flush_interval_secs": 0.05},
     )

@@ -348,10 +348,7 @@ def check_framing(datagrams: list[bytes], max_size: int) -> None:
         parse_datagram(datagram)  # no empty line, no split line, nothing malformed
 
 
-@pytest.fixture(autouse=True)
-def _no_datadog_environment(monkeypatch):
-    for name in sinks.DD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_datadog_environment")
 
 
 WireFactory = Callable[..., Wire]

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support import closed_udp_port
 
 CHECK_LINE = b"metricsfacade.check:1|c"
 
@@ -63,12 +64,6 @@ def _datagrams(receiver: socket.socket) -> list[bytes]:
             received.append(receiver.recv(65536))
         except TimeoutError:
             return received
-
-
-def _closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        return int(placeholder.getsockname()[1])
 
 
 # -- 1. Prometheus, read through the parsed exposition --------------------------------------
@@ -157,7 +152,7 @@ def test_a_real_statsd_daemon_counts_the_check_and_sees_no_bad_line(tmp_path, st
 
 
 def test_an_absent_agent_fails_and_its_drops_reach_no_other_agent(tmp_path, udp_agents):
-    absent = _closed_udp_port()
+    absent = closed_udp_port()
     datadog_agent = udp_agents()
     config = _write(
         tmp_path,

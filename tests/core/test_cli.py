@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import closed_udp_port
 
 
 def run_check(config: Path | None, *, env: dict[str, str] | None = None):
@@ -25,12 +26,6 @@ def udp_agent():
     receiver.settimeout(5)
     yield receiver
     receiver.close()
-
-
-def _closed_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as placeholder:
-        placeholder.bind(("127.0.0.1", 0))
-        return placeholder.getsockname()[1]
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -61,7 +56,7 @@ def test_all_backends_reachable_exit_0(tmp_path, udp_agent):
 
 
 def test_an_unreachable_agent_exits_1_and_names_it(tmp_path):
-    port = _closed_udp_port()
+    port = closed_udp_port()
     config = _write(
         tmp_path, f'port = "off"\nbackends = ["prometheus", "statsd"]\n[statsd]\nport = {port}\n'
     )

@@ -11,13 +11,9 @@ import sys
 
 import pytest
 import support
+from support import clean_environ
 
 ROOT = support.REPO
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSFACADE_")}
-    return {**env, **extra}
 
 
 def test_demo_serves_metrics_and_ends_with_a_summary():
@@ -26,7 +22,7 @@ def test_demo_serves_metrics_and_ends_with_a_summary():
         capture_output=True,
         text=True,
         timeout=90,
-        env=_env(METRICSFACADE_PORT="0"),
+        env=clean_environ(METRICSFACADE_PORT="0"),
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -63,7 +59,7 @@ def test_bench_json_carries_the_brief_fields(tmp_path):
         capture_output=True,
         text=True,
         timeout=180,
-        env=_env(),
+        env=clean_environ(),
         check=False,
     )
     report = json.loads(report_path.read_text())
@@ -111,7 +107,7 @@ def test_load_test_counts_exactly_the_requests_sent():
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(CLIENTS="4", DURATION="2"),
+        env=clean_environ(CLIENTS="4", DURATION="2"),
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr

@@ -88,25 +88,9 @@ def basic(username: str, password: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def make_metrics() -> Iterator[Callable[..., mf.Metrics]]:
-    """Build facades serving on a free port (settings override the defaults); all are closed."""
-    made: list[mf.Metrics] = []
-
-    def make(**settings: Any) -> mf.Metrics:
-        config = {"port": 0, "backends": ["prometheus"], **settings}
-        facade = mf.Metrics(config, environ={})
-        made.append(facade)
-        return facade
-
-    yield make
-    for facade in made:
-        facade.close()
-
-
-@pytest.fixture
-def metrics(make_metrics: Callable[..., mf.Metrics]) -> mf.Metrics:
+def metrics(serve_facade: Callable[..., mf.Metrics]) -> mf.Metrics:
     """A facade serving on a free port, with t_requests_total{method="ping"} at 3."""
-    facade = make_metrics(readiness_timeout_secs=0.3)
+    facade = serve_facade(readiness_timeout_secs=0.3)
     facade.counter("t_requests_total", "Requests handled", labels=["method"]).labels("ping").inc(3)
     return facade
 
@@ -171,9 +155,9 @@ def test_metrics_ignores_the_query_string(url: str) -> None:
 
 
 def test_custom_path_serves_the_exposition_and_metrics_is_gone(
-    make_metrics: Callable[..., mf.Metrics],
+    serve_facade: Callable[..., mf.Metrics],
 ) -> None:
-    m = make_metrics(path="/custom")
+    m = serve_facade(path="/custom")
     m.counter("t_requests_total", "help", labels=["method"]).labels("ping").inc(3)
     assert COUNTER_LINE in fetch(f"{m.endpoint_url}/custom").text
     assert fetch(f"{m.endpoint_url}/metrics").status == 404
@@ -195,9 +179,9 @@ def test_render_failure_is_a_500_without_details(
 
 
 def test_metrics_is_404_without_a_prometheus_backend(
-    make_metrics: Callable[..., mf.Metrics],
+    serve_facade: Callable[..., mf.Metrics],
 ) -> None:
-    m = make_metrics(backends=["memory"])
+    m = serve_facade(backends=["memory"])
     response = fetch(f"{m.endpoint_url}/metrics")
     assert response.status == 404
     assert "no prometheus backend" in response.text
@@ -372,10 +356,10 @@ def test_no_endpoint_when_port_is_none() -> None:
 
 
 def test_tls_serves_https(
-    make_metrics: Callable[..., mf.Metrics], certificate: tuple[Path, Path]
+    serve_facade: Callable[..., mf.Metrics], certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
-    m = make_metrics(tls_cert=str(cert), tls_key=str(key))
+    m = serve_facade(tls_cert=str(cert), tls_key=str(key))
     assert m.endpoint_url is not None
     assert m.endpoint_url.startswith("https://")
     context = ssl.create_default_context(cafile=str(cert))
@@ -385,10 +369,10 @@ def test_tls_serves_https(
 
 
 def test_tls_port_rejects_plain_http_and_keeps_serving(
-    make_metrics: Callable[..., mf.Metrics], certificate: tuple[Path, Path]
+    serve_facade: Callable[..., mf.Metrics], certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
-    m = make_metrics(tls_cert=str(cert), tls_key=str(key))
+    m = serve_facade(tls_cert=str(cert), tls_key=str(key))
     assert m.endpoint_url is not None
     plain_url = m.endpoint_url.replace("https://", "http://")
     try:
@@ -418,8 +402,8 @@ def test_tls_cert_without_key_is_a_config_error(certificate: tuple[Path, Path]) 
 
 
 @pytest.fixture
-def auth_url(make_metrics: Callable[..., mf.Metrics]) -> str:
-    m = make_metrics(auth_username="scraper", auth_password="s3cret")
+def auth_url(serve_facade: Callable[..., mf.Metrics]) -> str:
+    m = serve_facade(auth_username="scraper", auth_password="s3cret")
     assert m.endpoint_url is not None
     return m.endpoint_url
 

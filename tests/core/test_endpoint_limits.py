@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import psutil
@@ -223,22 +222,8 @@ def test_a_scrape_is_served_while_10000_slow_connections_are_held(
 
 
 @pytest.fixture
-def make_metrics() -> Iterator[Callable[..., mf.Metrics]]:
-    made: list[mf.Metrics] = []
-
-    def make(**settings: Any) -> mf.Metrics:
-        facade = mf.Metrics({"port": 0, "backends": ["prometheus"], **settings}, environ={})
-        made.append(facade)
-        return facade
-
-    yield make
-    for facade in made:
-        facade.close()
-
-
-@pytest.fixture
-def url(make_metrics: Callable[..., mf.Metrics]) -> str:
-    facade = make_metrics()
+def url(serve_facade: Callable[..., mf.Metrics]) -> str:
+    facade = serve_facade()
     facade.counter("limit_requests_total", "Requests").inc()
     assert facade.endpoint_url is not None
     return facade.endpoint_url
@@ -335,10 +320,10 @@ def test_held_connections_are_capped_and_a_new_scrape_gets_in(url: str) -> None:
 
 
 def test_tls_clients_that_never_handshake_do_not_block_a_scrape(
-    make_metrics: Callable[..., mf.Metrics], certificate: tuple[Path, Path]
+    serve_facade: Callable[..., mf.Metrics], certificate: tuple[Path, Path]
 ) -> None:
     cert, key = certificate
-    facade = make_metrics(tls_cert=str(cert), tls_key=str(key))
+    facade = serve_facade(tls_cert=str(cert), tls_key=str(key))
     assert facade.endpoint_url is not None
     context = ssl.create_default_context(cafile=str(cert))
     sockets = open_flood(address(facade.endpoint_url)[1], endpoint.MAX_CONNECTIONS + 50)

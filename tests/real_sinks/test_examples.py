@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import re
 import signal
@@ -19,6 +18,7 @@ from typing import IO
 
 import pytest
 import support
+from support import clean_environ
 
 ROOT = support.REPO
 EXAMPLE = ROOT / "examples" / "quickstart.py"
@@ -62,11 +62,6 @@ def test_quickstart_serves_metrics_health_and_ready_until_interrupted():
     assert "stopped after" in out
 
 
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METRICSFACADE_")}
-    return {**env, **extra}
-
-
 def test_load_test_percentiles_are_its_own_client_side_timings(tmp_path):
     samples_path = tmp_path / "samples.txt"
     clients, duration = 4, 2
@@ -75,7 +70,7 @@ def test_load_test_percentiles_are_its_own_client_side_timings(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env=_env(CLIENTS=str(clients), DURATION=str(duration)),
+        env=clean_environ(CLIENTS=str(clients), DURATION=str(duration)),
         check=False,
     )
     out = result.stdout
@@ -125,7 +120,7 @@ def test_demo_prints_its_urls_while_they_serve_and_says_they_closed(tmp_path):
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
-        env=_env(METRICSFACADE_PORT="0"),
+        env=clean_environ(METRICSFACADE_PORT="0"),
     )
     try:
         lines = _lines(process.stdout)

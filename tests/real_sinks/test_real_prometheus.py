@@ -22,36 +22,23 @@ import metricsfacade as mf
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"
 HISTOGRAM_OBSERVATIONS = (0.05, 0.5, 5.0)
 
-NewFacade = Callable[..., mf.Metrics]
+ServeFacade = Callable[..., mf.Metrics]
 
 
 def start_facade(**config: Any) -> mf.Metrics:
-    """A facade with only the Prometheus backend, serving on a free loopback port."""
+    """A facade with only the Prometheus backend, serving on a free loopback port, for the
+    module-scoped fixture (the ``serve_facade`` fixture is per test)."""
     return mf.Metrics({"port": 0, "backends": ["prometheus"], **config}, environ={})
 
 
-def scrape(metrics: mf.Metrics, accept: str | None = None) -> tuple[str, bytes]:
-    """GET the facade's /metrics: (content type, body)."""
+def fetch_exposition(metrics: mf.Metrics, accept: str | None = None) -> tuple[str, bytes]:
+    """GET the facade's /metrics: (content type, body); ``support.scrape`` gives only the text,
+    and these tests check the content type too."""
     assert metrics.endpoint_url is not None, "the facade is not serving"
     headers = {"Accept": accept} if accept else {}
     status, response_headers, body = sinks.http_get(f"{metrics.endpoint_url}/metrics", headers)
     assert status == 200, f"GET /metrics answered {status}: {body!r}"
     return response_headers.get("Content-Type", ""), body
-
-
-@pytest.fixture
-def new_facade() -> Iterator[NewFacade]:
-    """Start facades that are closed at the end of the test."""
-    started: list[mf.Metrics] = []
-
-    def new(**config: Any) -> mf.Metrics:
-        metrics = start_facade(**config)
-        started.append(metrics)
-        return metrics
-
-    yield new
-    for metrics in started:
-        metrics.close()
 
 
 # -- one Prometheus server scraping two facades ---------------------------------------------
@@ -208,11 +195,11 @@ def _declare_representative_set(metrics: mf.Metrics) -> None:
     "config", [{}, {"common_labels": {"service": "shadowcat"}}], ids=["plain", "common_labels"]
 )
 def test_exposition_passes_promtool(
-    new_facade: NewFacade, promtool_bin: str, config: dict[str, Any]
+    serve_facade: ServeFacade, promtool_bin: str, config: dict[str, Any]
 ) -> None:
-    metrics = new_facade(**config)
+    metrics = serve_facade(**config)
     _declare_representative_set(metrics)
-    content_type, body = scrape(metrics)
+    content_type, body = fetch_exposition(metrics)
     assert content_type.startswith("text/plain; version=0.0.4"), content_type
     text = body.decode()
     # The exposition really holds what was declared, escaped.
@@ -223,21 +210,21 @@ def test_exposition_passes_promtool(
 
 
 @pytest.mark.sink
-def test_promtool_check_catches_lint_problems(new_facade: NewFacade, promtool_bin: str) -> None:
+def test_promtool_check_catches_lint_problems(serve_facade: ServeFacade, promtool_bin: str) -> None:
     """The harness really lints: a gauge named like a counter is accepted by metricsfacade
     (it only enforces the name grammar) but promtool flags it with exit code 3."""
-    metrics = new_facade()
+    metrics = serve_facade()
     metrics.gauge("t_queue_total", "A gauge named like a counter").set(1)
-    _, body = scrape(metrics)
+    _, body = fetch_exposition(metrics)
     check = sinks.promtool_check_metrics(promtool_bin, body)
     assert check.returncode == 3, sinks.describe_run(check, body)
     assert 'non-counter metrics should not have "_total" suffix' in check.stdout + check.stderr
 
 
-def test_openmetrics_exposition_parses(new_facade: NewFacade) -> None:
-    metrics = new_facade(common_labels={"service": "shadowcat"})
+def test_openmetrics_exposition_parses(serve_facade: ServeFacade) -> None:
+    metrics = serve_facade(common_labels={"service": "shadowcat"})
     _declare_representative_set(metrics)
-    content_type, body = scrape(metrics, OPENMETRICS_ACCEPT)
+    content_type, body = fetch_exposition(metrics, OPENMETRICS_ACCEPT)
     assert content_type.startswith("application/openmetrics-text; version=1.0.0"), content_type
     text = body.decode()
     assert text.endswith("# EOF\n"), text[-200:]
@@ -268,15 +255,17 @@ def test_openmetrics_exposition_parses(new_facade: NewFacade) -> None:
 
 
 @pytest.mark.sink
-def test_self_metrics_after_drops_pass_promtool(new_facade: NewFacade, promtool_bin: str) -> None:
-    metrics = new_facade(cardinality_limit=2)
+def test_self_metrics_after_drops_pass_promtool(
+    serve_facade: ServeFacade, promtool_bin: str
+) -> None:
+    metrics = serve_facade(cardinality_limit=2)
     requests = metrics.counter("t_requests_total", "Requests handled", ["method", "status"])
     requests.labels("ping", "ok").inc(3)
     requests.labels("call", "ok").inc()
     requests.labels("list", "ok").inc()  # past the cardinality limit: folded into __overflow__
     requests.labels("ping", "ok").inc(-1)  # dropped: negative
     requests.labels("ping", "ok", "extra").inc()  # dropped: unknown label
-    _, body = scrape(metrics)
+    _, body = fetch_exposition(metrics)
     text = body.decode()
     expected = [
         't_requests_total{method="ping",status="ok"} 3.0',
@@ -291,14 +280,14 @@ def test_self_metrics_after_drops_pass_promtool(new_facade: NewFacade, promtool_
     assert check.returncode == 0, sinks.describe_run(check, body)
 
 
-def test_self_metric_series_do_not_use_up_the_cardinality_budget(new_facade: NewFacade) -> None:
+def test_self_metric_series_do_not_use_up_the_cardinality_budget(serve_facade: ServeFacade) -> None:
     """Self-metrics are exempt from the limit, so their series must not count against it:
     recording a drop must not push the user's next series into the overflow series."""
-    metrics = new_facade(cardinality_limit=2)
+    metrics = serve_facade(cardinality_limit=2)
     requests = metrics.counter("t_requests_total", "Requests handled", ["method", "status"])
     requests.labels("ping", "ok").inc(-1)  # user series 1; the drop adds a self-metric series
     requests.labels("call", "ok").inc()  # user series 2: within the limit of 2
-    _, body = scrape(metrics)
+    _, body = fetch_exposition(metrics)
     lines = body.decode().splitlines()
     assert 't_requests_total{method="call",status="ok"} 1.0' in lines, body.decode()
     assert not any("__overflow__" in line for line in lines), body.decode()
@@ -316,13 +305,13 @@ def test_self_metric_series_do_not_use_up_the_cardinality_budget(new_facade: New
     ids=["counter-vs-gauge_total", "histogram-vs-gauge_count"],
 )
 def test_declarations_with_colliding_exposed_names_are_rejected(
-    new_facade: NewFacade, promtool_bin: str, first: tuple[str, str], second: tuple[str, str]
+    serve_facade: ServeFacade, promtool_bin: str, first: tuple[str, str], second: tuple[str, str]
 ) -> None:
     """Two metrics whose exposed sample names collide make the whole exposition invalid
     (promtool: parse error; prometheus_client's OpenMetrics parser: "Clashing name"; the
     Prometheus server silently keeps only one of the duplicate series). The second
     declaration must raise DeclarationError, and the exposition must stay valid."""
-    metrics = new_facade()
+    metrics = serve_facade()
     getattr(metrics, first[0])(first[1], "first metric")
     try:
         getattr(metrics, second[0])(second[1], "second metric")
@@ -330,7 +319,7 @@ def test_declarations_with_colliding_exposed_names_are_rejected(
         rejected = True
     else:
         rejected = False
-    _, body = scrape(metrics)
+    _, body = fetch_exposition(metrics)
     check = sinks.promtool_check_metrics(promtool_bin, body)
     assert rejected, (
         f"declaring {second[0]} {second[1]!r} after {first[0]} {first[1]!r} was accepted; "

@@ -21,7 +21,7 @@ Missing node or daemon skip these tests, or fail them under ``REQUIRE_REAL_SINKS
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -31,32 +31,9 @@ from support import sinks, strict_statsd
 
 import metricsfacade as mf
 
-NewFacade = Callable[..., mf.Metrics]
+MakeFacade = Callable[..., mf.Metrics]
 StartStatsd = Callable[[], sinks.StatsdDaemon]
 UDP_MAX_PACKET = 1432  # the library's default datagram size (statsd.UDP_MAX_PACKET)
-
-
-@pytest.fixture
-def new_facade() -> Iterator[NewFacade]:
-    """Facades without an HTTP endpoint, ignoring METRICSFACADE_* variables, closed at the
-    end of the test (a test may close them earlier to flush)."""
-    started: list[mf.Metrics] = []
-
-    def new(**config: Any) -> mf.Metrics:
-        metrics = mf.Metrics({"port": None, **config}, environ={})
-        started.append(metrics)
-        return metrics
-
-    yield new
-    for metrics in started:
-        metrics.close()
-
-
-@pytest.fixture
-def no_dd_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    """DogStatsd reads DD_* variables (DD_ENV, DD_SERVICE... become tags): none here."""
-    for name in sinks.DD_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
 
 
 def statsd_to(daemon: sinks.StatsdDaemon, **settings: Any) -> dict[str, Any]:
@@ -134,13 +111,6 @@ class SinkView:
         return view
 
 
-@pytest.fixture
-def udp_sink() -> Iterator[sinks.UdpLineSink]:
-    sink = sinks.UdpLineSink()
-    yield sink
-    sink.close()
-
-
 # -- StatsD backend over UDP ----------------------------------------------------------------
 
 REQUEST_AMOUNTS = [1, 1, 2, 0.5, 0.1, 0.2]
@@ -211,9 +181,9 @@ def catalog_expectations(prefix: str = "") -> tuple[dict[str, float], ...]:
 
 @pytest.mark.sink
 def test_statsd_udp_values_arrive_exactly(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade
 ) -> None:
-    metrics = new_facade(**statsd_to(statsd_daemon))
+    metrics = make_facade(**statsd_to(statsd_daemon))
     record_catalog(metrics)
     metrics.flush()
 
@@ -226,13 +196,13 @@ def test_statsd_udp_values_arrive_exactly(
 
 @pytest.mark.sink
 def test_statsd_lines_are_batched_into_datagrams(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade
 ) -> None:
     """Nothing is sent before a flush (the flush interval is long), then one datagram holds
     every line. A flush sends one line per series that changed (not one per recording, as
     before the series store): the 18 recordings of the catalog's counters and gauges become
     one line per series, and a flush with no change sends nothing."""
-    metrics = new_facade(**statsd_to(statsd_daemon, flush_interval_secs=60))
+    metrics = make_facade(**statsd_to(statsd_daemon, flush_interval_secs=60))
     record_catalog(metrics)
     # 2 counter series and the facade's count of the dropped inc(-1); 5 gauge series, of
     # which 3 end negative (2 lines each: 0, then the negative value); 3 + 3 ms values.
@@ -258,12 +228,12 @@ def test_statsd_lines_are_batched_into_datagrams(
 
 @pytest.mark.sink
 def test_statsd_gauge_set_to_negative_zero_ends_at_zero(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade
 ) -> None:
     """``set(-0.0)`` (``round(-0.04, 1)``, ``-1 * 0.0``...) must set the gauge to 0, as
     Prometheus does; a line ``-0|g`` is a delta of 0 that leaves the old value in place. The
     gauge was written twice since the previous flush: only its last value is sent."""
-    metrics = new_facade(**{**statsd_to(statsd_daemon), "backends": ["statsd", "prometheus"]})
+    metrics = make_facade(**{**statsd_to(statsd_daemon), "backends": ["statsd", "prometheus"]})
     level = metrics.gauge("shadowcat_queue_depth", "Queue depth")
     level.set(5)
     level.set(round(-0.04, 1))  # -0.0
@@ -282,13 +252,13 @@ def test_statsd_gauge_set_to_negative_zero_ends_at_zero(
 
 @pytest.mark.sink
 def test_statsd_sample_rate_is_ignored_every_increment_counts(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade, caplog: pytest.LogCaptureFixture
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Replaces the test of sampled counters (``1|c|@0.25`` lines, counted 4 times by the
     daemon): counters are now summed in process, so ``sample_rate`` is ignored, with a
     warning. 400 increments arrive as exactly 400, in one unsampled line."""
     increments = 400
-    metrics = new_facade(**statsd_to(statsd_daemon, sample_rate=0.25))
+    metrics = make_facade(**statsd_to(statsd_daemon, sample_rate=0.25))
     assert "sample_rate = 0.25 is ignored" in caplog.text
     child = metrics.counter("shadowcat_requests_total", "Requests", ["method"]).labels("ping")
     for _ in range(increments):
@@ -302,11 +272,11 @@ def test_statsd_sample_rate_is_ignored_every_increment_counts(
 
 @pytest.mark.sink
 def test_statsd_folded_names_with_prefix(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade
 ) -> None:
     """``tag_format = "none"``: label values (common labels first) folded into the dotted
     name after the prefix; dots and spaces in values become ``_``, an empty value ``_``."""
-    metrics = new_facade(
+    metrics = make_facade(
         **statsd_to(statsd_daemon, tag_format="none", prefix="myapp.prod"),
         common_labels={"service": "shadowcat"},
     )
@@ -351,12 +321,12 @@ HOSTILE = "a|b:c#d,e\nf@g;h=i"
     ],
 )
 def test_statsd_hostile_label_values_cannot_break_lines(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade, tag_format: str, key: str
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade, tag_format: str, key: str
 ) -> None:
     """A label value holding every separator of the wire format stays one series: no bad
     line, no extra key, the other series unaffected. (Two lines: one per series since the
     series store, where each recording was a line before.)"""
-    metrics = new_facade(**statsd_to(statsd_daemon, tag_format=tag_format))
+    metrics = make_facade(**statsd_to(statsd_daemon, tag_format=tag_format))
     requests = metrics.counter("shadowcat_requests_total", "Requests", ["method"])
     requests.labels(HOSTILE).inc(2)
     requests.labels("ping").inc()
@@ -375,12 +345,12 @@ def test_statsd_hostile_label_values_cannot_break_lines(
 
 @pytest.mark.sink
 def test_statsd_tcp_values_and_stream_framing(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade
 ) -> None:
     """``protocol = "tcp"`` against the daemon's ``servers/tcp`` (it splits the stream at
     newlines): the catalog arrives exactly, and so do 6,000 more lines, which span many
     8 KB payloads (each must end with a newline, or lines merge at the joins)."""
-    metrics = new_facade(
+    metrics = make_facade(
         backends=["statsd"],
         statsd={"host": statsd_daemon.host, "port": statsd_daemon.tcp_port, "protocol": "tcp"},
     )
@@ -426,12 +396,12 @@ def record_datadog_sequence(metrics: mf.Metrics, *, histograms: bool) -> None:
 
 
 @pytest.mark.sink
-@pytest.mark.usefixtures("no_dd_environment")
+@pytest.mark.usefixtures("no_datadog_environment")
 @pytest.mark.parametrize("histogram_type", ["h", "d"])
 def test_datadog_backend_against_the_daemon(
     statsd_daemon: sinks.StatsdDaemon,
     udp_sink: sinks.UdpLineSink,
-    new_facade: NewFacade,
+    make_facade: MakeFacade,
     histogram_type: str,
 ) -> None:
     """DogStatsD lines: counters and gauges exact through the daemon (the backend sends
@@ -444,13 +414,13 @@ def test_datadog_backend_against_the_daemon(
     as bad lines and keeps only ``v3`` (checked by hand with 0.9.0); before, one value per
     line, it held the sum of the observations as a counter."""
     table = {"histogram_type": histogram_type, "namespace": "dd", "constant_tags": {"env": "test"}}
-    through_daemon = new_facade(
+    through_daemon = make_facade(
         backends=["datadog"],
         datadog={"host": statsd_daemon.host, "port": statsd_daemon.port, **table},
     )
     record_datadog_sequence(through_daemon, histograms=False)
     through_daemon.flush()
-    parsed = new_facade(
+    parsed = make_facade(
         backends=["datadog"], datadog={"host": udp_sink.host, "port": udp_sink.port, **table}
     )
     record_datadog_sequence(parsed, histograms=True)
@@ -505,16 +475,16 @@ def prometheus_samples(metrics: mf.Metrics) -> dict[tuple[str, frozenset[tuple[s
 
 
 @pytest.mark.sink
-@pytest.mark.usefixtures("no_dd_environment")
+@pytest.mark.usefixtures("no_datadog_environment")
 def test_prometheus_statsd_and_datadog_agree(
-    statsd_daemon: sinks.StatsdDaemon, udp_sink: sinks.UdpLineSink, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, udp_sink: sinks.UdpLineSink, make_facade: MakeFacade
 ) -> None:
     """One recorded sequence fanned out to three backends: Prometheus, StatsD (the daemon) and
     Datadog end with the same values. Datadog now goes to a strict DogStatsD parser rather
     than a second daemon: its histogram lines pack several values (protocol 1.1), which the
     Etsy daemon cannot read (see ``test_datadog_backend_against_the_daemon``); so the
     Datadog side is checked for every observation, not only their sum as before."""
-    metrics = new_facade(
+    metrics = make_facade(
         backends=["prometheus", "statsd", "datadog"],
         common_labels={"service": "shadowcat"},
         statsd={"host": statsd_daemon.host, "port": statsd_daemon.port},
@@ -605,7 +575,7 @@ BURST_FLUSHES = 20
 
 @pytest.mark.sink
 def test_statsd_udp_burst_arrives_complete(
-    statsd_daemon: sinks.StatsdDaemon, new_facade: NewFacade
+    statsd_daemon: sinks.StatsdDaemon, make_facade: MakeFacade
 ) -> None:
     """20,000 increments over 50 label sets, recorded as fast as Python can, with 20 flushes
     along the way: the daemon's totals equal what was recorded, to the unit, and each flush
@@ -616,7 +586,7 @@ def test_statsd_udp_burst_arrives_complete(
     take). Now a flush sends at most 50 lines whatever the rate, so the burst needs no
     pacing: what matters is that the sums stay exact and the lines per flush are the series
     that changed, never the recordings."""
-    metrics = new_facade(**statsd_to(statsd_daemon, flush_interval_secs=3600))
+    metrics = make_facade(**statsd_to(statsd_daemon, flush_interval_secs=3600))
     requests = metrics.counter("shadowcat_requests_total", "Requests", ["method", "client"])
     children = [requests.labels(f"method{n}", f"client{n}") for n in range(BURST_SERIES)]
     per_flush = BURST_INCREMENTS // BURST_FLUSHES
