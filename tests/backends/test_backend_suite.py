@@ -14,10 +14,12 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import strict_statsd
+from support import require_module, strict_statsd
 
 import metricsfacade as mf
+
+require_module("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 Labels = tuple[tuple[str, str], ...]
 

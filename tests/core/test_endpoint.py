@@ -23,9 +23,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
+from support import require_module
 
 import metricsfacade as mf
+
+require_module("prometheus_client")
+from prometheus_client.openmetrics.parser import text_string_to_metric_families  # noqa: E402
 
 COUNTER_LINE = 't_requests_total{method="ping"} 3.0'
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"

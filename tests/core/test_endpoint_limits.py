@@ -24,11 +24,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import psutil
 import pytest
+from support import require_module
 
 import metricsfacade as mf
 from metricsfacade import endpoint
+
+psutil = require_module("psutil")
 
 FLOOD = 10_000
 CHILD_NOFILE = 1024

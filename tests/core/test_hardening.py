@@ -17,15 +17,17 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
-from prometheus_client.parser import text_string_to_metric_families
-from support import strict_statsd
+from support import require_module, strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.backends.lines import dotted_name
 from metricsfacade.spec import METRIC_NAME_RE, Kind, make_spec
+
+require_module("prometheus_client")
+from prometheus_client.openmetrics.parser import (  # noqa: E402
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

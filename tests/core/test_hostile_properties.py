@@ -17,13 +17,16 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
-from prometheus_client.openmetrics.parser import (
-    text_string_to_metric_families as openmetrics_families,
-)
-from prometheus_client.parser import text_string_to_metric_families
+from support import require_module
 
 import metricsfacade as mf
 from metricsfacade.spec import LABEL_NAME_RE, METRIC_NAME_RE, text_safe
+
+require_module("prometheus_client")
+from prometheus_client.openmetrics.parser import (  # noqa: E402
+    text_string_to_metric_families as openmetrics_families,
+)
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 

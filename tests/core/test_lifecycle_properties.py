@@ -15,9 +15,12 @@ from typing import Any
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, precondition, rule
-from prometheus_client.parser import text_string_to_metric_families
+from support import require_module
 
 import metricsfacade as mf
+
+require_module("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 #: name -> (kind, label names): fixed per name, so declarations never conflict
 METRICS = {

@@ -9,10 +9,13 @@ import re
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client.parser import text_string_to_metric_families
+from support import require_module
 
 import metricsfacade as mf
 from metricsfacade.spec import Kind, make_spec
+
+require_module("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 label_values = st.text(max_size=6)  # any Unicode: quotes, backslashes, newlines included
 amounts = st.floats(min_value=0, max_value=1e6, allow_nan=False) | st.integers(0, 1000)

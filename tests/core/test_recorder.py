@@ -5,25 +5,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import urllib.request
 
 import pytest
+import support
+from support import require_module
 
 import metricsfacade as mf
-from metricsfacade.backends import prometheus  # noqa: F401  (loaded here, evicted below)
 from metricsfacade.testing import MetricsMock
 
-
-@pytest.fixture
-def m():
-    with mf.Metrics({"port": None, "backends": ["memory"]}, environ={}) as facade:
-        yield facade
+require_module("prometheus_client")
+from metricsfacade.backends import prometheus  # noqa: E402, F401  (loaded here, evicted below)
 
 
 @pytest.fixture
-def mock(m):
-    with MetricsMock(m) as recorder:
-        yield recorder
+def m(facade: mf.Metrics) -> mf.Metrics:
+    """This file's name for the shared memory facade (``mock`` is a MetricsMock on it)."""
+    return facade
 
 
 def test_counter_keyword_and_positional_labels_reach_the_same_series(m, mock):
@@ -327,11 +324,6 @@ def test_a_backend_that_cannot_be_built_leaves_the_old_setup_recording(m, monkey
     assert m.backend("memory").value("demo_requests_total") == 1
 
 
-def scrape(facade: mf.Metrics) -> str:
-    with urllib.request.urlopen(f"{facade.endpoint_url}/metrics", timeout=5) as response:
-        return response.read().decode()
-
-
 def test_a_timer_decorating_a_function_before_configure_records_once_configured():
     """The README's library example: a timer declared and applied at import time, the
     facade configured later (it once kept its pre-configure no-op forever)."""
@@ -348,7 +340,7 @@ def test_a_timer_decorating_a_function_before_configure_records_once_configured(
         timed()
         timed()
         observe(0.5)
-        text = scrape(facade)
+        text = support.scrape(f"{facade.endpoint_url}/metrics")
         assert 'x_seconds_count{m="a"} 2.0' in text
         assert 'x_seconds_count{m="b"} 1.0' in text
     finally:
@@ -359,13 +351,13 @@ def test_a_second_configure_keeps_counter_values_in_the_exposition():
     facade = mf.Metrics({"port": 0}, environ={})
     try:
         facade.counter("keep_total", "k").inc(5)
-        assert "keep_total 5.0" in scrape(facade)
+        assert "keep_total 5.0" in support.scrape(f"{facade.endpoint_url}/metrics")
         facade.configure({"port": 0, "common_labels": {}}, environ={})
-        assert "keep_total 5.0" in scrape(facade)
+        assert "keep_total 5.0" in support.scrape(f"{facade.endpoint_url}/metrics")
         facade.counter("keep_total", "k").inc()
-        assert "keep_total 6.0" in scrape(facade)
+        assert "keep_total 6.0" in support.scrape(f"{facade.endpoint_url}/metrics")
         facade.close()
         facade.configure({"port": 0}, environ={})  # closed, then configured again
-        assert "keep_total 6.0" in scrape(facade)
+        assert "keep_total 6.0" in support.scrape(f"{facade.endpoint_url}/metrics")
     finally:
         facade.close()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from prometheus_client import REGISTRY, Counter
+from support import require_module
 
 import metricsfacade as mf
 from metricsfacade.testing import MetricsMock
+
+require_module("prometheus_client")
+from prometheus_client import REGISTRY, Counter  # noqa: E402
 
 
 @pytest.fixture

@@ -14,14 +14,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support import sinks
+from support import require_module, sinks
 
 import metricsfacade as mf
 from metricsfacade.web import ASGIMetricsMiddleware
 
-uvicorn = pytest.importorskip("uvicorn")
-waitress_server = pytest.importorskip("waitress.server")
-httpx = pytest.importorskip("httpx")
+uvicorn = require_module("uvicorn")
+waitress_server = require_module("waitress.server")
+httpx = require_module("httpx")
+require_module("starlette")
 from prometheus_client.openmetrics.parser import text_string_to_metric_families  # noqa: E402
 from starlette.applications import Starlette  # noqa: E402
 from starlette.routing import Mount  # noqa: E402

@@ -13,15 +13,16 @@ from typing import Any
 
 import pytest
 import support
+from support import require_module
 
 import metricsfacade as mf
 from metricsfacade.web import ASGIMetricsMiddleware, RequestLabel, WSGIMetricsMiddleware
 
-starlette_routing = pytest.importorskip("starlette.routing")
+starlette_routing = require_module("starlette.routing")
 from starlette.applications import Starlette  # noqa: E402
 from starlette.responses import PlainTextResponse  # noqa: E402
 
-flask = pytest.importorskip("flask")
+flask = require_module("flask")
 
 FLOOD = 100_000
 
@@ -439,7 +440,7 @@ for n in range(FLOOD):
 
 @pytest.mark.parametrize("framework", sorted(FRAMEWORK_FLOODS))
 def test_a_path_flood_in_fastapi_and_django_makes_one_series_per_route(framework: str) -> None:
-    pytest.importorskip(framework)
+    require_module(framework)
     script = (
         "import sys\n"
         f"sys.path[:0] = [{str(support.REPO)!r}, {str(Path(__file__).parent)!r}]\n"

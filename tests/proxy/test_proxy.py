@@ -27,10 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import support
-from support import eventually
+from support import eventually, require_module
 
 import metricsfacade as mf
 from metricsfacade.config import load_config
@@ -38,6 +37,8 @@ from metricsfacade.proxy import StdioProxy
 from metricsfacade.proxy.tape import TapeRecorder
 from metricsfacade.shadowcat import ShadowcatMetrics
 from metricsfacade.testing import MetricsMock
+
+psutil = require_module("psutil")
 
 DEMO = [sys.executable, "-m", "metricsfacade.demo.server"]
 REQUESTS = "shadowcat_requests_total"

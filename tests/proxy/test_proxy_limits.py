@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
+from support import require_module
 from test_proxy import (
     REQUESTS,
     ScriptedServer,
@@ -25,6 +25,8 @@ from test_proxy import (
     request,
     start_proxy,
 )
+
+psutil = require_module("psutil")
 
 __all__ = ["start_proxy"]  # a fixture, used by name
 

@@ -6,11 +6,15 @@ from __future__ import annotations
 import inspect
 import typing
 
-import mcp.types
-from pydantic import BaseModel
+from support import require_module
 
 import metricsfacade as mf
 from metricsfacade.shadowcat import ShadowcatMetrics
+
+require_module("mcp")
+require_module("pydantic")
+import mcp.types  # noqa: E402
+from pydantic import BaseModel  # noqa: E402
 
 
 def sdk_methods() -> set[str]:

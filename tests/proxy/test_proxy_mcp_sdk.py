@@ -31,15 +31,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
-import mcp_types as types
 import pytest
-from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import PROCESS_TERMINATION_TIMEOUT, stdio_client
-from mcp.shared.exceptions import MCPError
-from prometheus_client.parser import text_string_to_metric_families
-from support import sinks
+from support import require_module, sinks
+
+require_module("mcp_types")
+require_module("mcp")
+require_module("prometheus_client")
+require_module("anyio")
+import anyio  # noqa: E402
+import anyio.to_thread  # noqa: E402
+import mcp_types as types  # noqa: E402
+from mcp import ClientSession, StdioServerParameters  # noqa: E402
+from mcp.client.stdio import PROCESS_TERMINATION_TIMEOUT, stdio_client  # noqa: E402
+from mcp.shared.exceptions import MCPError  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 # Sampling, roots and logging are deprecated in the 2026 protocol; the SDK still speaks them
 # on the 2025-11-25 handshake these tests use, and warns on every call.

@@ -16,13 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
-import psutil
 import pytest
-from mcp import ClientSession, StdioServerParameters
-from mcp.client.stdio import stdio_client
-from support import eventually, sinks
+from support import eventually, require_module, sinks
 from test_proxy import (
     LineReader,
     call,
@@ -35,6 +30,15 @@ from test_proxy import (
 
 from metricsfacade.proxy.core import CANNOT_START, SIGNAL_GRACE_SECS, SIGNALLED_BASE
 from metricsfacade.proxy.upstream import TERMINATE_WAIT_SECS
+
+require_module("mcp")
+require_module("anyio")
+import anyio  # noqa: E402
+import anyio.to_thread  # noqa: E402
+
+psutil = require_module("psutil")
+from mcp import ClientSession, StdioServerParameters  # noqa: E402
+from mcp.client.stdio import stdio_client  # noqa: E402
 
 __all__ = ["start_proxy"]  # a fixture, used by name
 

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.openmetrics.parser import text_string_to_metric_families
-from support import sinks
+from support import require_module, sinks
 
 import metricsfacade as mf
+
+require_module("prometheus_client")
+from prometheus_client.openmetrics.parser import text_string_to_metric_families  # noqa: E402
 
 OPENMETRICS_ACCEPT = "application/openmetrics-text; version=1.0.0"
 HISTOGRAM_OBSERVATIONS = (0.05, 0.5, 5.0)

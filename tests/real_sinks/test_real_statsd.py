@@ -26,10 +26,12 @@ from typing import Any
 
 import attrs
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import sinks, strict_statsd
+from support import require_module, sinks, strict_statsd
 
 import metricsfacade as mf
+
+require_module("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 MakeFacade = Callable[..., mf.Metrics]
 StartStatsd = Callable[[], sinks.StatsdDaemon]

@@ -17,15 +17,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from support import sinks
+from support import require_module, sinks
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-pytest.importorskip("flask")
-pytest.importorskip("django")
-pytest.importorskip("waitress")
-pytest.importorskip("gunicorn")
+require_module("fastapi")
+require_module("uvicorn")
+require_module("flask")
+require_module("django")
+require_module("waitress")
+require_module("gunicorn")
+require_module("prometheus_client")
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 FACADE = """
 import metricsfacade as mf

@@ -10,13 +10,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import psutil
 import pytest
-from prometheus_client import REGISTRY, generate_latest
-from support import eventually, families, samples, scrape, strict_statsd
+from support import eventually, families, require_module, samples, scrape, strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.shadowcat import SystemCollector
+
+require_module("prometheus_client")
+psutil = require_module("psutil")
+from prometheus_client import REGISTRY, generate_latest  # noqa: E402
 
 THREAD_NAME = "metricsfacade-system-collector"
 PROMETHEUS = {"port": None, "backends": ["prometheus"]}
