@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from support import require_module, sinks
+from support import eventually, require_module, sinks
 
 import metricsfacade as mf
 from metricsfacade.web import ASGIMetricsMiddleware
@@ -78,14 +78,15 @@ def wsgi_url(metrics: mf.Metrics) -> Iterator[str]:
 
 
 def wait_for(url: str) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    """Until ``url`` answers 200 (the server thread has started listening)."""
+
+    def answers() -> bool:
         try:
-            if sinks.http_get(url, timeout=1)[0] == 200:
-                return
+            return sinks.http_get(url, timeout=1)[0] == 200
         except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"{url} did not answer")
+            return False
+
+    eventually(answers, 10, 0.05, message=f"{url} did not answer")
 
 
 def basic(username: str, password: str) -> dict[str, str]:

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import require_module, sinks
+import support
+from support import eventually, eventually_async, require_module, sinks
 
 require_module("mcp_types")
 require_module("mcp")
@@ -320,20 +321,20 @@ def traffic_metrics(scrape: Scrape) -> dict[str, Any]:
 
 
 def scrape_metrics(url: str) -> Scrape:
-    status, _, body = sinks.http_get(url)
-    assert status == 200, f"GET {url}: HTTP {status}: {body[:500]!r}"
-    return Scrape(body.decode())
+    return Scrape(support.scrape(url))
 
 
 def poll_metrics(url: str, expected: Callable[[], dict[str, Any]]) -> tuple[Scrape, dict[str, Any]]:
     """Scrape until the traffic metrics equal ``expected()`` (or METRICS_WAIT_SECS pass);
     returns the last scrape and what it was compared with."""
-    deadline = time.monotonic() + METRICS_WAIT_SECS
-    while True:
-        scrape, wanted = scrape_metrics(url), expected()
-        if traffic_metrics(scrape) == wanted or time.monotonic() >= deadline:
-            return scrape, wanted
-        time.sleep(0.05)
+    last: list[tuple[Scrape, dict[str, Any]]] = []
+
+    def matches() -> bool:
+        last.append((scrape_metrics(url), expected()))
+        return traffic_metrics(last[-1][0]) == last[-1][1]
+
+    eventually(matches, METRICS_WAIT_SECS, 0.05, fail=False)
+    return last[-1]
 
 
 async def poll_metrics_async(
@@ -353,12 +354,14 @@ async def poll_metrics_async(
 
 async def poll_until_async(url: str, predicate: Callable[[Scrape], bool]) -> Scrape:
     """Scrape until ``predicate(scrape)`` (or METRICS_WAIT_SECS pass); the last scrape."""
-    deadline = time.monotonic() + METRICS_WAIT_SECS
-    while True:
-        scrape = await anyio.to_thread.run_sync(scrape_metrics, url)
-        if predicate(scrape) or time.monotonic() >= deadline:
-            return scrape
-        await anyio.sleep(0.05)
+    last: list[Scrape] = []
+
+    async def holds() -> bool:
+        last.append(await anyio.to_thread.run_sync(scrape_metrics, url))
+        return predicate(last[-1])
+
+    await eventually_async(holds, METRICS_WAIT_SECS, 0.05, fail=False)
+    return last[-1]
 
 
 def check_traffic_metrics(scrape: Scrape, wanted: dict[str, Any]) -> None:

@@ -18,7 +18,7 @@ from typing import IO
 
 import pytest
 import support
-from support import clean_environ
+from support import clean_environ, eventually
 
 ROOT = support.REPO
 EXAMPLE = ROOT / "examples" / "quickstart.py"
@@ -44,10 +44,7 @@ def test_quickstart_serves_metrics_health_and_ready_until_interrupted():
         first_line = process.stdout.readline()
         assert first_line.startswith("serving http://127.0.0.1:"), first_line
         base = first_line.split()[1].removesuffix("/metrics")
-        deadline = time.monotonic() + 10
-        while _get(base + "/ready")[0] != 200:
-            assert time.monotonic() < deadline, "never became ready"
-            time.sleep(0.1)
+        eventually(lambda: _get(base + "/ready")[0] == 200, 10, 0.1, message="never became ready")
         status, body = _get(base + "/metrics")
         assert status == 200
         text = body.decode()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support import require_module, sinks
+from support import Samples, eventually, require_module, samples, scrape, sinks
 
 require_module("fastapi")
 require_module("uvicorn")
@@ -26,7 +25,6 @@ require_module("django")
 require_module("waitress")
 require_module("gunicorn")
 require_module("prometheus_client")
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 FACADE = """
 import metricsfacade as mf
@@ -227,29 +225,20 @@ def service(
 
 
 def wait_until_serving(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    def serving() -> bool:
         if process.poll() is not None:
             pytest.fail(f"the server exited:\n{log.read_text()}")
         try:
-            if sinks.http_get(f"{url}/metrics/health", timeout=1)[0] == 200:
-                return
+            return sinks.http_get(f"{url}/metrics/health", timeout=1)[0] == 200
         except OSError:
-            time.sleep(0.1)
-    pytest.fail(f"the server did not start:\n{log.read_text()}")
+            return False
+
+    eventually(serving, 20, 0.1, message=lambda: f"the server did not start:\n{log.read_text()}")
 
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(url: str) -> Samples:
-    status, _, body = sinks.http_get(f"{url}/metrics/")
-    assert status == 200
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(body.decode())
-        for sample in family.samples
-    }
+def scraped_samples(url: str) -> Samples:
+    """Every sample the app's mounted /metrics/ exposes."""
+    return samples(scrape(f"{url}/metrics/"))
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
@@ -259,12 +248,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def settled(url: str, check: Callable[[Samples], bool]) -> Samples:
     """Scrape until ``check`` holds: a WSGI request is recorded once the server has taken its
     last chunk, which may be a moment after the client has it."""
-    deadline = time.monotonic() + 5
-    samples = scrape(url)
-    while not check(samples) and time.monotonic() < deadline:
-        time.sleep(0.05)
-        samples = scrape(url)
-    return samples
+    last: list[Samples] = []
+
+    def holds() -> bool:
+        last.append(scraped_samples(url))
+        return check(last[-1])
+
+    eventually(holds, 5, 0.05, fail=False)
+    return last[-1]
 
 
 def post(url: str, body: bytes) -> tuple[int, bytes]:
@@ -275,7 +266,7 @@ def post(url: str, body: bytes) -> tuple[int, bytes]:
 
 
 def test_requests_are_counted_by_route_template_status_and_size(service: str) -> None:
-    before = scrape(service)
+    before = scraped_samples(service)
     bodies = [sinks.http_get(f"{service}/items/{n}")[2] for n in (1, 22, 333)]
     status, posted = post(f"{service}/items/7", b"y" * 500)
     assert status == 200
@@ -316,7 +307,7 @@ def test_requests_are_counted_by_route_template_status_and_size(service: str) ->
 
 
 def test_an_exception_is_counted_as_500(service: str) -> None:
-    before = scrape(service)
+    before = scraped_samples(service)
     assert sinks.http_get(f"{service}/boom")[0] == 500
     labels = {"method": "GET", "route": "/boom", "status": "500"}
     after = settled(
@@ -334,7 +325,7 @@ def test_an_exception_is_counted_as_500(service: str) -> None:
 
 
 def test_a_streamed_response_is_timed_to_its_last_byte(service: str) -> None:
-    before = scrape(service)
+    before = scraped_samples(service)
     status, _, body = sinks.http_get(f"{service}/stream")
     assert (status, len(body)) == (200, 3000)
     labels = {"method": "GET", "route": "/stream", "status": "200"}
@@ -355,6 +346,6 @@ def test_a_streamed_response_is_timed_to_its_last_byte(service: str) -> None:
 def test_the_metrics_and_probe_routes_are_not_counted(service: str) -> None:
     for path in ("/metrics/", "/metrics/health", "/metrics/ready", "/metrics"):
         sinks.http_get(f"{service}{path}")
-    samples = scrape(service)
+    samples = scraped_samples(service)
     counted = {dict(labels)["route"] for name, labels in samples if name == "http_requests_total"}
     assert not any(route.startswith("/metrics") for route in counted)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import support
-from support import bucket_bounds, strict_statsd
+from support import bucket_bounds, eventually_async, strict_statsd
 
 import metricsfacade as mf
 from metricsfacade.config import MCP_METHODS as DEFAULT_ALLOW_LIST
@@ -616,13 +616,6 @@ def test_a_cancelled_session_ends(sc: ShadowcatMetrics, mock: MetricsMock) -> No
     mock.assert_observed(SESSION_DURATION, {}, count=1)
 
 
-async def _wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting"
-        await asyncio.sleep(0.001)
-
-
 def test_200_concurrent_tasks_give_exact_totals(sc: ShadowcatMetrics, mock: MetricsMock) -> None:
     tasks = 200
     entered = 0
@@ -644,7 +637,7 @@ def test_200_concurrent_tasks_give_exact_totals(sc: ShadowcatMetrics, mock: Metr
                     raise ValueError(index)
 
         running = [asyncio.create_task(one(index)) for index in range(tasks)]
-        await _wait_until(lambda: entered == tasks)
+        await eventually_async(lambda: entered == tasks, interval=0.001)
         mock.assert_gauge(ACTIVE_SESSIONS, {}, tasks)
         go.set()
         results = await asyncio.gather(*running, return_exceptions=True)
