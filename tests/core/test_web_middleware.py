@@ -441,9 +441,11 @@ for n in range(FLOOD):
 @pytest.mark.parametrize("framework", sorted(FRAMEWORK_FLOODS))
 def test_a_path_flood_in_fastapi_and_django_makes_one_series_per_route(framework: str) -> None:
     require_module(framework)
+    # The package under test, the support package and this file (which the script imports).
+    paths = [str(support.REPO), str(support.REPO / "tests"), str(Path(__file__).parent)]
     script = (
         "import sys\n"
-        f"sys.path[:0] = [{str(support.REPO)!r}, {str(Path(__file__).parent)!r}]\n"
+        f"sys.path[:0] = {paths!r}\n"
         "import metricsfacade as mf\n"
         "m = mf.Metrics({'port': 'off', 'backends': ['prometheus']}, environ={})\n"
         f"FLOOD = {FLOOD}\n" + FRAMEWORK_FLOODS[framework] + "\n"

@@ -1049,14 +1049,15 @@ def test_breaker_opens_after_consecutive_crashes_and_closes_after_reset(start_pr
     assert error_code(refused) == -32000
     assert time.monotonic() - opened < 0.3
     assert proxy.upstream_errors("exit") == 2
+
     # After breaker_reset_secs a trial restart (half-open); a success closes the breaker.
-    while True:
+    def trial_answered() -> bool:
+        nonlocal request_id
         answer = proxy.ask(request(f"ping-{request_id}", "ping"))
         request_id += 1
-        if "result" in answer:
-            break
-        assert time.monotonic() - opened < 3, "the breaker never let a trial through"
-        time.sleep(0.02)
+        return "result" in answer
+
+    eventually(trial_answered, 3, 0.02, message="the breaker never let a trial through")
     assert time.monotonic() - opened >= 0.45
     assert proxy.settled(0, BREAKER, **UPSTREAM) == 0
     states = proxy.shadowcat.states

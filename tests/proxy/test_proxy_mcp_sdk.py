@@ -854,8 +854,9 @@ async def exercise_server_everything(client: SdkClient, session: ClientSession, 
     # Once initialized, the server asks for the client's roots, then logs about them.
     with anyio.fail_after(10):
         await client.roots_asked.wait()
-        while not any("root" in text.lower() for text in client.logged):
-            await anyio.sleep(0.02)
+        await eventually_async(
+            lambda: any("root" in text.lower() for text in client.logged), 10, 0.02
+        )
 
     tools = await session.list_tools()
     client.ledger.request("tools/list")
