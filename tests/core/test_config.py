@@ -98,7 +98,8 @@ def test_a_metricsconfig_instance_round_trips():
         ({"backends": "prometheus"}, "backends: expected a list of strings"),
         (
             {"backends": ["influx"]},
-            "unknown backend 'influx' (available: datadog, memory, prometheus, statsd, or a class path",
+            "unknown backend 'influx' (available: datadog, memory, prometheus, statsd, "
+            "or a class path",
         ),
         ({"backends": ["memory", "memory"]}, "listed twice"),
         ({"common_labels": {"bad-name": "x"}}, "common_labels: invalid label name"),
@@ -106,7 +107,10 @@ def test_a_metricsconfig_instance_round_trips():
         ({"path": "/health"}, "other than /health"),
         ({"tls_cert": "cert.pem"}, "tls_cert and tls_key"),
         ({"auth_username": "u"}, "auth_username and auth_password"),
-        ({"prometheus": {"registry": "mine"}}, "prometheus.registry: expected one of 'own', 'global', got 'mine'"),
+        (
+            {"prometheus": {"registry": "mine"}},
+            "prometheus.registry: expected one of 'own', 'global', got 'mine'",
+        ),
         ({"prometheus": {"regsitry": "own"}}, "unknown key 'prometheus.regsitry'"),
     ],
 )

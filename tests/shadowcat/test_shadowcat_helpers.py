@@ -20,9 +20,9 @@ import support
 from support import bucket_bounds, eventually_async, strict_statsd
 
 import metricsfacade as mf
-from metricsfacade.shadowcat.settings import MCP_METHODS as DEFAULT_ALLOW_LIST
 from metricsfacade.shadowcat import ShadowcatMetrics
 from metricsfacade.shadowcat.metrics import MAX_METHODS
+from metricsfacade.shadowcat.settings import MCP_METHODS as DEFAULT_ALLOW_LIST
 from metricsfacade.testing import MetricsMock
 
 REQUESTS = "shadowcat_requests_total"

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import attrs
 import pytest
+from support import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 README = ROOT / "README.md"
 PAGES = (README, *sorted((ROOT / "docs").glob("*.md")))
 NO_RUN = "no-run"
