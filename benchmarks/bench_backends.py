@@ -34,7 +34,7 @@ from harness import run
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
-import strict_statsd  # noqa: E402  (the tests' strict parser reads what arrives)
+from support import strict_statsd  # noqa: E402  (the tests' strict parser reads what arrives)
 
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
 
