@@ -42,29 +42,27 @@ class SeriesBinder:
     def __init__(self, lock: threading.RLock, drops: DropAccounting) -> None:
         self.lock = lock
         self._drops = drops
-        self._store = SeriesStore()
+        #: where series live; the facade swaps it (MetricsMock), then binds again
+        self.store = SeriesStore()
         self._recording = False
         self._default_buckets = DEFAULT_BUCKETS
         self._series_count = 0
         self.limit = DEFAULT_CARDINALITY_LIMIT
 
-    @property
-    def store(self) -> SeriesStore:
-        return self._store
-
-    def use(
-        self, store: SeriesStore, *, recording: bool, default_buckets: tuple[float, ...]
-    ) -> None:
-        """Record into ``store`` (or nowhere when ``recording`` is false) from the next
-        :meth:`bind` on; histograms declared without buckets take ``default_buckets``."""
-        self._store = store
-        self._recording = recording
-        self._default_buckets = default_buckets
-
     def has_series_budget(self) -> bool:
         return self._series_count < self.limit
 
-    def bind_all(self, handles: Iterable[MetricHandle[Any]]) -> None:
+    def bind_all(
+        self,
+        handles: Iterable[MetricHandle[Any]],
+        *,
+        recording: bool,
+        default_buckets: tuple[float, ...],
+    ) -> None:
+        """Point every series at the store, or at nothing when not ``recording``; histograms
+        declared without buckets take ``default_buckets``. Later declarations follow suit."""
+        self._recording = recording
+        self._default_buckets = default_buckets
         for handle in handles:
             self.bind(handle)
 
@@ -74,7 +72,7 @@ class SeriesBinder:
             spec = attrs.evolve(spec, buckets=self._default_buckets)
         handle.bound_spec = spec
         if self._recording:
-            self._store.declare(spec)
+            self.store.declare(spec)
         for child in handle.series.values():
             self._wire(handle, child)
         if handle._overflow is not None:
@@ -94,7 +92,7 @@ class SeriesBinder:
             for attribute in _record_attributes(type(child)):
                 setattr(child, attribute, record_nothing)
             return
-        cell: Any = self._store.cell(handle.spec.key, child.label_values)
+        cell: Any = self.store.cell(handle.spec.key, child.label_values)
         if isinstance(child, CounterChild):
             child._inc = _also(cell.inc, extra)
         elif isinstance(child, GaugeChild):

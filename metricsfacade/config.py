@@ -138,10 +138,8 @@ def load_config(
     source; pass ``environ={}`` to ignore the environment.
     """
     environ = os.environ if environ is None else environ
-    tables: Mapping[str, Any] = {}
-    if isinstance(source, MetricsConfig):  # its tables are parsed settings already
+    if isinstance(source, MetricsConfig):
         values, origin, prefix = _as_values(source), "MetricsConfig", ""
-        tables = source.tables
     elif isinstance(source, Mapping):
         values, origin, prefix = dict(source), "config dict", ""
     elif source is None:
@@ -149,8 +147,8 @@ def load_config(
     else:
         values, origin, prefix = _read_toml(Path(source))
     built = _build_config(values, origin, prefix)
-    if tables:
-        built = attrs.evolve(built, tables={**tables, **built.tables})
+    if isinstance(source, MetricsConfig):  # its tables are parsed settings already
+        built = attrs.evolve(built, tables=source.tables)
     config = _apply_env(built, environ)
     try:
         _check_consistency(config)
@@ -194,7 +192,7 @@ def _build_config(values: Mapping[str, Any], origin: str, prefix: str) -> Metric
     for key, raw in values.items():
         if key in _CORE:
             continue
-        settings_type = _table_type(key, core.backends)
+        settings_type = plugins.table_class(key, core.backends)
         if settings_type is None:
             known = ", ".join(sorted({*_CORE, *plugins.table_names(core.backends)}))
             raise ConfigError(f"{origin}: unknown key '{prefix}{key}' (known keys: {known})")
@@ -202,13 +200,6 @@ def _build_config(values: Mapping[str, Any], origin: str, prefix: str) -> Metric
             raise ConfigError(f"{origin}: {prefix}{key}: expected a table, got {raw!r}")
         tables[key] = _build(settings_type, raw, origin, f"{prefix}{key}.")
     return attrs.evolve(core, tables=tables)
-
-
-def _table_type(name: str, backends: tuple[str, ...]) -> type[Any] | None:
-    try:
-        return plugins.table_class(name, backends)
-    except ConfigError:
-        return None
 
 
 def _build(cls: type[Any], values: Mapping[str, Any], origin: str, prefix: str) -> Any:
@@ -239,7 +230,7 @@ def _apply_env(config: MetricsConfig, environ: Mapping[str, str]) -> MetricsConf
         table, sep, key = variable[len(ENV_PREFIX) :].lower().partition("__")
         if not sep:
             table, key = "", table
-        settings_type = _table_type(table, config.backends) if sep else MetricsConfig
+        settings_type = plugins.table_class(table, config.backends) if sep else MetricsConfig
         field = _env_field(settings_type, key) if settings_type is not None else None
         if field is None:
             raise ConfigError(

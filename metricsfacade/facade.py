@@ -193,8 +193,7 @@ class Metrics:
         first, so nothing recorded before the swap is lost."""
         self.flush()
         with self._lock:
-            previous = self._binder.store
-            self._binder.use(store, recording=False, default_buckets=DEFAULT_BUCKETS)
+            previous, self._binder.store = self._binder.store, store
             self._attach(self._backends, self._config or MetricsConfig())
             if self._flusher is not None:
                 self._flusher.use_store(store)
@@ -346,12 +345,11 @@ class Metrics:
     def _rebind_all(self) -> None:
         """Point every series at the store, or at nothing while no backend is configured."""
         config = self._config
-        self._binder.use(
-            self._binder.store,
+        self._binder.bind_all(
+            self._declarations,
             recording=bool(self._backends),
             default_buckets=config.default_buckets if config is not None else DEFAULT_BUCKETS,
         )
-        self._binder.bind_all(self._declarations)
 
     def _register_exit_hook(self) -> None:
         """Flush push backends at interpreter exit, and at the end of a multiprocessing

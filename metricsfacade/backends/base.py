@@ -31,7 +31,7 @@ class Backend(abc.ABC):
 
     A backend is found by ``name`` in the ``metricsfacade.backends`` entry-point group or by
     class path (see ``metricsfacade.plugins``). Its module must import without its
-    third-party library: import that in :meth:`build` with :func:`import_extra`, so a
+    third-party library: import that in :meth:`build` with :meth:`library`, so a
     missing extra is a one-line error when the backend is configured, and config tables
     still parse.
     """
@@ -58,11 +58,22 @@ class Backend(abc.ABC):
         the labels every series carries."""
 
     @classmethod
+    def library(cls, module: str) -> ModuleType:
+        """Import ``module`` (of the library in ``needs``), or raise MissingExtraError
+        naming the extra that installs it."""
+        try:
+            return importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            missing = (exc.name or "").partition(".")[0]
+            if cls.needs is not None and missing == cls.needs[0]:
+                raise MissingExtraError(cls.name, missing, cls.needs[1]) from exc
+            raise
+
+    @classmethod
     def require(cls) -> None:
         """Raise MissingExtraError now if the library this backend needs is missing."""
         if cls.needs is not None:
-            module, extra = cls.needs
-            import_extra(module, backend=cls.name, extra=extra)
+            cls.library(cls.needs[0])
 
     @abc.abstractmethod
     def describe(self) -> str:
@@ -112,16 +123,6 @@ class PushBackend(Backend):
 
     def close_by(self, deadline: float) -> None:
         """Sending stops at ``deadline`` (``time.monotonic()``): what is left is counted."""
-
-
-def import_extra(module: str, *, backend: str, extra: str) -> ModuleType:
-    """Import a backend's third-party module, or raise MissingExtraError naming the extra."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as exc:
-        if (exc.name or "").partition(".")[0] == module.partition(".")[0]:
-            raise MissingExtraError(backend, module.partition(".")[0], extra) from exc
-        raise
 
 
 def unresolvable(host: str, port: int) -> str | None:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from metricsfacade import settings as parse
-from metricsfacade.backends.base import import_extra, unresolvable
+from metricsfacade.backends.base import unresolvable
 from metricsfacade.backends.lines import SeriesFormat, sanitize
 from metricsfacade.backends.push import LinePushBackend, warn_if_sampled
 from metricsfacade.backends.transport import Packer
@@ -81,10 +81,10 @@ def origin_trailer(environ: Mapping[str, str]) -> str:
     detection = environ.get("DD_ORIGIN_DETECTION_ENABLED", "").strip().lower()
     if detection not in ("no", "false", "0", "n", "off"):
         try:
-            container = import_extra(
-                "datadog.dogstatsd.container", backend="datadog", extra="datadog"
-            )
-            container_id = container.Cgroup().container_id
+            # the datadog extra is there: the backend imported DogStatsd before calling this
+            from datadog.dogstatsd.container import Cgroup  # noqa: PLC0415
+
+            container_id = Cgroup().container_id
         except Exception:  # not in a container, or cgroups unreadable: no field, as DogStatsd
             container_id = None
         if container_id:
@@ -110,7 +110,7 @@ class DatadogBackend(LinePushBackend):
     needs = ("datadog", "datadog")
 
     def __init__(self, settings: DatadogSettings, common_labels: Mapping[str, str]) -> None:
-        dogstatsd = import_extra("datadog.dogstatsd.base", backend="datadog", extra="datadog")
+        dogstatsd = self.library("datadog.dogstatsd.base")
         destination: dict[str, Any] = {  # unset ones are left to DogStatsd's DD_* variables
             key: value
             for key, value in (

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from metricsfacade import settings as parse
-from metricsfacade.backends.base import Backend, Exposition, import_extra
+from metricsfacade.backends.base import Backend, Exposition
 from metricsfacade.settings import setting
 from metricsfacade.spec import Kind
 from metricsfacade.store import CounterCell, GaugeCell, HistogramCell, SeriesStore
@@ -43,14 +43,16 @@ class StoreCollector:
     """A prometheus-client collector reading a SeriesStore; common labels come first."""
 
     def __init__(
-        self, store: SeriesStore, common_labels: Mapping[str, str], core: ModuleType
+        self,
+        store: SeriesStore,
+        common_labels: Mapping[str, str],
+        core: ModuleType,
+        format_bound: Callable[[float], str],
     ) -> None:
         self._store = store
         self._core = core  # prometheus_client.core: the metric families
-        #: prometheus_client.utils.floatToGoString: "0.005", "1e+06", "+Inf", as Prometheus does
-        self._format_bound: Callable[[float], str] = import_extra(
-            "prometheus_client.utils", backend="prometheus", extra="prometheus"
-        ).floatToGoString
+        #: floatToGoString: "0.005", "1e+06", "+Inf", as Prometheus writes bucket bounds
+        self._format_bound = format_bound
         self._common_names = tuple(common_labels)
         self._common_values = tuple(common_labels.values())
         #: the facade's collect hooks (the system collector refreshes its gauges here)
@@ -93,11 +95,10 @@ class PrometheusBackend(Backend):
     needs = ("prometheus_client", "prometheus")
 
     def __init__(self, common_labels: Mapping[str, str], use_global_registry: bool = False) -> None:
-        client = import_extra("prometheus_client", backend=self.name, extra="prometheus")
-        self._core = import_extra("prometheus_client.core", backend=self.name, extra="prometheus")
-        self._exposition = import_extra(
-            "prometheus_client.exposition", backend=self.name, extra="prometheus"
-        )
+        client = self.library("prometheus_client")
+        self._core = self.library("prometheus_client.core")
+        self._exposition = self.library("prometheus_client.exposition")
+        self._format_bound = self.library("prometheus_client.utils").floatToGoString
         self._common_labels = dict(common_labels)
         self._collector: StoreCollector | None = None
         self._before_collect: Callable[[], None] = _nothing
@@ -117,7 +118,7 @@ class PrometheusBackend(Backend):
     def attach(self, store: SeriesStore) -> None:
         super().attach(store)
         self.close()  # a store swapped in replaces the previous one
-        self._collector = StoreCollector(store, self._common_labels, self._core)
+        self._collector = StoreCollector(store, self._common_labels, self._core, self._format_bound)
         self._collector.before_collect = self._before_collect
         self.registry.register(self._collector)
 
