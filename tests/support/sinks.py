@@ -25,7 +25,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from support import (
     REQUIRE_ENV,
@@ -159,21 +159,51 @@ def start_prometheus(
                 command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
             )
         server = PrometheusServer(process, url, log_path, config_path)
-        try:
-            if _wait_ready(server):
-                return server
-        except BaseException:
-            server.stop()
-            raise
-        server.stop()
-        tail = server.log_tail()
-        if "address already in use" not in tail or attempt == attempts:
-            raise AssertionError(
-                f"prometheus did not become ready on {url} (exit code {process.returncode}); "
-                f"command: {' '.join(command)}\nconfig:\n{config_path.read_text()}\n"
-                f"log ({log_path}):\n{tail}"
-            )
+
+        failure = (
+            f"prometheus did not become ready on {url}; command: {' '.join(command)}\n"
+            f"config:\n{config_path.read_text()}"
+        )
+        if _started(server, _wait_ready, "address already in use", attempt == attempts, failure):
+            return server
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _Sink(Protocol):
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log_tail(self, lines: int = 40) -> str: ...
+
+    def stop(self) -> None: ...
+
+
+SinkT = TypeVar("SinkT", bound=_Sink)
+
+
+def _started(
+    sink: SinkT,
+    ready: Callable[[SinkT], bool],
+    port_taken: str,
+    last: bool,
+    failure: str,
+) -> bool:
+    """True once ``sink`` is ready. False (stopped) when its log says its port was taken and
+    another attempt may follow; else AssertionError with ``failure``, the exit code and the
+    log's tail."""
+    try:
+        if ready(sink):
+            return True
+    except BaseException:
+        sink.stop()
+        raise
+    sink.stop()
+    tail = sink.log_tail()
+    if port_taken not in tail or last:
+        raise AssertionError(
+            f"{failure}\nexit code {sink.process.returncode}; log ({sink.log_path}):\n{tail}"
+        )
+    return False
 
 
 def _wait_ready(server: PrometheusServer, timeout: float = READY_TIMEOUT_SECS) -> bool:
@@ -692,20 +722,13 @@ def start_statsd_daemon(
             log_path=log_path,
             config_path=config_path,
         )
-        try:
-            if _wait_statsd_ready(daemon):
-                return daemon
-        except BaseException:
-            daemon.stop()
-            raise
-        daemon.stop()
-        tail = daemon.log_tail()
-        if "EADDRINUSE" not in tail or attempt == attempts:
-            raise AssertionError(
-                f"the StatsD daemon did not become ready (exit code {process.returncode}); "
-                f"command: {' '.join(command)} (cwd {package_dir})\n"
-                f"config:\n{config_path.read_text()}\nlog ({log_path}):\n{tail}"
-            )
+
+        failure = (
+            f"the StatsD daemon did not become ready; command: {' '.join(command)} "
+            f"(cwd {package_dir})\nconfig:\n{config_path.read_text()}"
+        )
+        if _started(daemon, _wait_statsd_ready, "EADDRINUSE", attempt == attempts, failure):
+            return daemon
     raise AssertionError("could not pick distinct free ports")  # pragma: no cover
 
 
