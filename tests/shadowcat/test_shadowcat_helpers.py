@@ -941,24 +941,8 @@ def test_histogram_buckets_replace_only_the_request_duration_buckets() -> None:
 # -- the same recordings on the StatsD wire ---------------------------------------------------
 
 
-def receive_until(
-    sock: socket.socket, done: Callable[[list[str]], bool], timeout: float = 5.0
-) -> list[str]:
-    """Raw lines received until ``done(lines)`` or the timeout; every datagram must parse."""
-    lines: list[str] = []
-    deadline = time.monotonic() + timeout
-    while not done(lines):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(65_536)
-        except TimeoutError:
-            break
-        strict_statsd.parse_datagram(data)
-        lines.extend(data.decode().split("\n"))
-    return lines
+def text_lines(datagrams: list[bytes]) -> list[str]:
+    return [line for data in datagrams for line in data.decode().split("\n")]
 
 
 def test_the_same_recordings_reach_statsd(make_facade, udp_receiver: socket.socket) -> None:
@@ -977,7 +961,11 @@ def test_the_same_recordings_reach_statsd(make_facade, udp_receiver: socket.sock
             names = {line.partition(":")[0] for line in lines}
             return {"shadowcat.requests", "shadowcat.request_duration"} <= names
 
-        lines = receive_until(udp_receiver, complete)
+        lines = text_lines(
+            support.receive_datagrams(
+                udp_receiver, lambda datagrams: complete(text_lines(datagrams))
+            )
+        )
         assert f"shadowcat.requests:1|c|{tags}" in lines, lines
         [timing] = [line for line in lines if line.startswith("shadowcat.request_duration:")]
         parsed = strict_statsd.parse_line(timing)

@@ -11,7 +11,15 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from support import eventually, families, require_module, samples, scrape, strict_statsd
+from support import (
+    eventually,
+    families,
+    receive_datagrams,
+    require_module,
+    samples,
+    scrape,
+    strict_statsd,
+)
 
 import metricsfacade as mf
 from metricsfacade.shadowcat import SystemCollector
@@ -193,20 +201,14 @@ def statsd_config(port: int, interval: float = 0.2) -> dict[str, Any]:
 
 def memory_lines(sock: socket.socket, wanted: int, timeout: float) -> list[strict_statsd.Line]:
     """``shadowcat.memory_usage_bytes`` gauge lines, until ``wanted`` or the timeout."""
-    found: list[strict_statsd.Line] = []
-    deadline = time.monotonic() + timeout
-    while len(found) < wanted:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        sock.settimeout(remaining)
-        try:
-            data = sock.recv(65_536)
-        except TimeoutError:
-            break
-        lines = strict_statsd.parse_datagram(data)
-        found += [line for line in lines if line.name == "shadowcat.memory_usage_bytes"]
-    return found
+
+    def memory(datagrams: list[bytes]) -> list[strict_statsd.Line]:
+        lines = (line for data in datagrams for line in strict_statsd.parse_datagram(data))
+        return [line for line in lines if line.name == "shadowcat.memory_usage_bytes"]
+
+    return memory(
+        receive_datagrams(sock, lambda datagrams: len(memory(datagrams)) >= wanted, timeout)
+    )
 
 
 def test_push_backends_get_values_periodically(udp_receiver: socket.socket) -> None:

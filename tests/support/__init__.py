@@ -242,6 +242,29 @@ def observed(mock: MetricsMock, name: str, **labels: str) -> list[float]:
 # -- sockets and processes ---------------------------------------------------------------------
 
 
+def receive_datagrams(
+    sock: socket.socket, done: Callable[[list[bytes]], bool], timeout: float = 5.0
+) -> list[bytes]:
+    """Datagrams read from ``sock`` until ``done(datagrams)`` holds or ``timeout`` s pass;
+    each must parse as StatsD (``strict_statsd``), or the test fails."""
+    from support import strict_statsd  # noqa: PLC0415 (a submodule of this package)
+
+    datagrams: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while not done(datagrams):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock.settimeout(remaining)
+        try:
+            data = sock.recv(65_536)
+        except TimeoutError:
+            break
+        strict_statsd.parse_datagram(data)
+        datagrams.append(data)
+    return datagrams
+
+
 def closed_udp_port(host: str = "127.0.0.1") -> int:
     """A UDP port nothing listens on (it was free a moment ago)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
