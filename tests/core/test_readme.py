@@ -20,7 +20,7 @@ from pathlib import Path
 
 import attrs
 import pytest
-from support import REPO
+from support import REPO, clean_environ
 
 ROOT = REPO
 README = ROOT / "README.md"
@@ -96,10 +96,8 @@ RUNNABLE = [block for block in ALL_BLOCKS if block.runnable]
 
 def _environment() -> dict[str, str]:
     """This checkout first on the path; no METRICSFACADE_* settings from the caller's shell."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("METRICSFACADE_")}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return env
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return clean_environ(PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
 
 
 def _report(block: Block, result: subprocess.CompletedProcess[str]) -> str:
@@ -119,19 +117,27 @@ def test_no_run_marks_only_python_blocks() -> None:
     assert not misplaced
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=lambda block: block.name)
-def test_python_block_runs(block: Block, tmp_path: Path) -> None:
-    script = tmp_path / "snippet.py"
-    script.write_text(block.code, encoding="utf-8")
-    result = subprocess.run(
-        [sys.executable, str(script)],
-        cwd=tmp_path,
+def _python(
+    args: list[str], cwd: Path, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python3 args`` as a user runs it, in ``cwd``, without this shell's METRICSFACADE_*."""
+    return subprocess.run(
+        [sys.executable, *args],
+        input=stdin,
+        cwd=cwd,
         env=_environment(),
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
         check=False,
     )
+
+
+@pytest.mark.parametrize("block", RUNNABLE, ids=lambda block: block.name)
+def test_python_block_runs(block: Block, tmp_path: Path) -> None:
+    script = tmp_path / "snippet.py"
+    script.write_text(block.code, encoding="utf-8")
+    result = _python([str(script)], tmp_path)
     assert result.returncode == 0, _report(block, result)
 
 
@@ -140,16 +146,7 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
 )
 def test_readme_block_pastes_into_the_interpreter(block: Block, tmp_path: Path) -> None:
     """Pasted into ``python3``: compound statements must end with a blank line there."""
-    result = subprocess.run(
-        [sys.executable, "-i", "-q"],
-        input=block.code + "\n",
-        cwd=tmp_path,
-        env=_environment(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-        check=False,
-    )
+    result = _python(["-i", "-q"], tmp_path, stdin=block.code + "\n")
     assert result.returncode == 0, _report(block, result)
     assert "Traceback" not in result.stderr, _report(block, result)
     assert "Error" not in result.stderr, _report(block, result)

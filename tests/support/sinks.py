@@ -93,6 +93,17 @@ def prometheus_config(targets: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Terminate ``process`` and wait for it (kill it if it does not exit in 10 s)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
 class PrometheusServer:
     """A running ``prometheus`` process. Always ``stop()`` it (the fixtures do)."""
 
@@ -120,14 +131,7 @@ class PrometheusServer:
         return query_once(self.url, promql, diagnostics=self.diagnostics)
 
     def stop(self) -> None:
-        """Terminate the process and wait for it (kill it if it does not exit in 10 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def __repr__(self) -> str:
         return f"<PrometheusServer {self.url} pid={self.process.pid}>"
@@ -648,14 +652,7 @@ class StatsdDaemon:
         )
 
     def stop(self) -> None:
-        """Terminate the process and wait for it (kill it if it does not exit in 10 s)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        stop_process(self.process)
 
     def __repr__(self) -> str:
         return (
