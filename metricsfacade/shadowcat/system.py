@@ -17,10 +17,12 @@ import time
 from collections.abc import Callable
 
 from metricsfacade import get_metrics
+from metricsfacade.backends.base import PushBackend
 from metricsfacade.config import MetricsConfig
 from metricsfacade.errors import MissingExtraError
 from metricsfacade.facade import Metrics
 from metricsfacade.handles import Gauge
+from metricsfacade.plugins import backend_class
 from metricsfacade.shadowcat.catalog import CATALOG
 from metricsfacade.shadowcat.metrics import declare, typed_handle
 
@@ -30,7 +32,6 @@ except ModuleNotFoundError:  # pragma: no cover - exercised without the extra on
     psutil = None  # type: ignore[assignment]
 
 logger = logging.getLogger("metricsfacade.system")
-PULL_BACKENDS = frozenset({"prometheus", "memory"})
 SYSTEM_METRICS = (
     "shadowcat_memory_usage_bytes",
     "shadowcat_cpu_usage_percent",
@@ -105,8 +106,8 @@ class SystemCollector:
 
     def start(self, config: MetricsConfig) -> None:
         self.stop()
-        if set(config.backends) <= PULL_BACKENDS:
-            return  # collected at scrape time only
+        if not any(issubclass(backend_class(ref), PushBackend) for ref in config.backends):
+            return  # nothing pushes: collected at scrape time only
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run,
