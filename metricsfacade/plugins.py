@@ -88,12 +88,14 @@ def table_class(name: str, backends: tuple[str, ...] = ()) -> type[Any] | None:
     if extension is not None:
         loaded: type[Any] = extension.load()
         return loaded
-    for reference in (*backends, name):
-        if reference == name or is_class_path(reference):
-            try:
-                backend = backend_class(reference)
-            except ConfigError:
-                continue
-            if backend.name == name:
-                return backend.Settings
+    references = [reference for reference in backends if is_class_path(reference)]
+    if name in _registered(BACKENDS_GROUP):
+        references.append(name)  # never a class path made of a config key
+    for reference in references:
+        try:
+            backend = backend_class(reference)
+        except ConfigError:
+            continue
+        if backend.name == name:
+            return backend.Settings
     return None
