@@ -122,10 +122,13 @@ def in_process(build: Any, rounds: int, count: int) -> dict[str, list[float]]:
     return times
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def listening_socket() -> socket.socket:
+    """A socket already bound to a free loopback port and listening: handed to a server, so
+    no other process can take the port between picking it and binding it."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
 
 
 def wait_for(url: str) -> None:
@@ -159,16 +162,20 @@ def server_cpu(pid: int) -> float:
 def real_server(directory: Path, rounds: int, count: int) -> dict[str, list[float]]:
     """Server CPU seconds per request, per variant and round."""
     servers: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+    sockets = [listening_socket() for _ in VARIANTS]
     try:
-        for variant in VARIANTS:
-            port = free_port()
-            command = [sys.executable, "-m", "uvicorn", "bench_web_app:app", "--port", str(port)]
+        for variant, sock in zip(VARIANTS, sockets, strict=True):
+            fd = sock.fileno()
+            command = [sys.executable, "-m", "uvicorn", "bench_web_app:app", "--fd", str(fd)]
             command += ["--log-level", "warning", "--no-access-log"]
             env = {**os.environ, "BENCH_VARIANT": variant}
-            servers[variant] = (subprocess.Popen(command, cwd=directory, env=env), port)
-        for _, port in servers.values():
+            process = subprocess.Popen(command, cwd=directory, env=env, pass_fds=(fd,))
+            servers[variant] = (process, int(sock.getsockname()[1]))
+        for variant, (process, port) in servers.items():
             wait_for(f"http://127.0.0.1:{port}/items/1")
             keep_alive_requests(port, 200)
+            if process.poll() is not None:
+                raise RuntimeError(f"the {variant} server exited with {process.returncode}")
         times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
         for _ in range(rounds):
             for variant, (process, port) in servers.items():
@@ -180,6 +187,8 @@ def real_server(directory: Path, rounds: int, count: int) -> dict[str, list[floa
         for process, _ in servers.values():
             process.terminate()
             process.wait(10)
+        for sock in sockets:
+            sock.close()
 
 
 def exposition_apps(rounds: int, scrapes: int) -> dict[str, list[float]]:
@@ -194,11 +203,10 @@ def exposition_apps(rounds: int, scrapes: int) -> dict[str, list[float]]:
     counter = m.counter("bench_series_total", "Series", labels=["n"])
     for n in range(10_000 - 1):
         counter.labels(str(n)).inc()
-    asgi_port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(m.asgi_app(), port=asgi_port, log_level="warning", access_log=False)
-    )
-    threading.Thread(target=server.run, daemon=True).start()
+    asgi_socket = listening_socket()
+    asgi_port = int(asgi_socket.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(m.asgi_app(), log_level="warning", access_log=False))
+    threading.Thread(target=server.run, args=([asgi_socket],), daemon=True).start()
     wsgi = create_server(m.wsgi_app(), host="127.0.0.1", port=0)
     threading.Thread(target=wsgi.run, daemon=True).start()
     assert m.endpoint_url is not None
