@@ -108,9 +108,10 @@ def check_common_labels(spec: MetricSpec, common_labels: Mapping[str, str]) -> N
 
 
 def _same_metric(first: MetricSpec, second: MetricSpec) -> bool:
-    """Same kind, labels and buckets: the help text may differ between declarations."""
-    return (first.kind, first.label_names, first.buckets) == (
+    """Same kind, labels, buckets and multi-process mode: the help text may differ."""
+    return (first.kind, first.label_names, first.buckets, first.multiprocess_mode) == (
         second.kind,
         second.label_names,
         second.buckets,
+        second.multiprocess_mode,
     )

@@ -223,9 +223,19 @@ class Metrics:
         """Declare (or get) a monotonically increasing counter."""
         return self._declarations.declare(Counter, make_spec(name, help, Kind.COUNTER, labels))
 
-    def gauge(self, name: str, help: str, labels: Iterable[str] | None = None) -> Gauge:
-        """Declare (or get) a gauge: a value that goes up and down."""
-        return self._declarations.declare(Gauge, make_spec(name, help, Kind.GAUGE, labels))
+    def gauge(
+        self,
+        name: str,
+        help: str,
+        labels: Iterable[str] | None = None,
+        *,
+        multiprocess_mode: str = "sum",
+    ) -> Gauge:
+        """Declare (or get) a gauge: a value that goes up and down. ``multiprocess_mode``
+        says how the values of several worker processes merge (``sum``, ``max``, ``min``,
+        ``latest`` or ``worker``) when Prometheus runs with a ``multiprocess_dir``."""
+        spec = make_spec(name, help, Kind.GAUGE, labels, multiprocess_mode=multiprocess_mode)
+        return self._declarations.declare(Gauge, spec)
 
     def histogram(
         self,

@@ -31,6 +31,12 @@ DEFAULT_BUCKETS: tuple[float, ...] = (
 )
 
 
+#: How the Prometheus backend's multi-process mode merges a gauge's values of the live
+#: worker processes: their sum, max or min, the one written last, or one series per worker
+#: (with a ``worker`` label holding its pid).
+MULTIPROCESS_MODES = ("sum", "max", "min", "latest", "worker")
+
+
 class Kind(enum.Enum):
     """The four metric kinds. A timer is a histogram of seconds that push backends send as ms."""
 
@@ -59,6 +65,9 @@ class MetricSpec:
     buckets: tuple[float, ...] | None = None
     #: metricsfacade's own metrics: exempt from the cardinality limit.
     internal: bool = False
+    #: how a gauge's values in several worker processes make one (see MULTIPROCESS_MODES);
+    #: counters and histograms are always summed
+    multiprocess_mode: str = "sum"
 
     @property
     def key(self) -> str:
@@ -82,6 +91,8 @@ class MetricSpec:
         text = f"{self.kind.value} {self.name!r} (labels [{labels}]"
         if self.kind.has_buckets:
             text += f", buckets {list(self.buckets) if self.buckets else 'default'}"
+        if self.multiprocess_mode != "sum":
+            text += f", multiprocess_mode {self.multiprocess_mode!r}"
         return text + ")"
 
 
@@ -93,6 +104,7 @@ def make_spec(
     buckets: Sequence[float] | None = None,
     *,
     internal: bool = False,
+    multiprocess_mode: str = "sum",
 ) -> MetricSpec:
     """Validate a declaration and return its spec, raising :class:`DeclarationError`."""
     validate_metric_name(name)
@@ -112,7 +124,30 @@ def make_spec(
     if buckets is not None and not kind.has_buckets:
         raise DeclarationError(f"metric {name!r}: only histograms and timers take buckets")
     bucket_tuple = validate_buckets(name, buckets) if buckets is not None else None
-    return MetricSpec(name, text_safe(help), kind, label_names, bucket_tuple, internal)
+    validate_multiprocess_mode(name, kind, label_names, multiprocess_mode)
+    return MetricSpec(
+        name, text_safe(help), kind, label_names, bucket_tuple, internal, multiprocess_mode
+    )
+
+
+def validate_multiprocess_mode(
+    metric: str, kind: Kind, label_names: Sequence[str], mode: object
+) -> None:
+    if mode not in MULTIPROCESS_MODES:
+        raise DeclarationError(
+            f"metric {metric!r}: multiprocess_mode must be one of {list(MULTIPROCESS_MODES)}, "
+            f"got {mode!r}"
+        )
+    if mode != "sum" and kind is not Kind.GAUGE:
+        raise DeclarationError(
+            f"metric {metric!r}: only gauges take a multiprocess_mode "
+            "(counters and histograms of all workers are summed)"
+        )
+    if mode == "worker" and "worker" in label_names:
+        raise DeclarationError(
+            f"metric {metric!r}: multiprocess_mode 'worker' adds a 'worker' label, "
+            "which the metric already has"
+        )
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

@@ -6,6 +6,11 @@ says tokio). Durations are timers (Prometheus
 histograms of seconds; StatsD and Datadog get milliseconds).
 ``shadowcat_request_duration_seconds`` sets no buckets: it takes the config's
 ``histogram_buckets``, else the facade's defaults (1 ms to 5 s).
+
+With several worker processes (Prometheus' ``multiprocess_dir``) gauges are summed over
+the live workers (sessions, memory, CPU, tasks, threads, fds: the service's totals), except
+uptime (the oldest live worker's, ``max``) and circuit-breaker state (``max``: a breaker
+open in any worker shows).
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ class CatalogEntry:
     labels: tuple[str, ...] = ()
     #: None: the configured default (``histogram_buckets``, else DEFAULT_BUCKETS)
     buckets: tuple[float, ...] | None = None
+    #: how a gauge merges over worker processes (see the module's docstring)
+    multiprocess_mode: str = "sum"
 
 
 CATALOG: tuple[CatalogEntry, ...] = (
@@ -81,6 +88,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         Kind.GAUGE,
         "Circuit breaker state (0=closed, 1=open, 2=half-open)",
         ("upstream",),
+        multiprocess_mode="max",
     ),
     CatalogEntry(
         "shadowcat_rate_limit_exceeded_total",
@@ -101,7 +109,9 @@ CATALOG: tuple[CatalogEntry, ...] = (
     CatalogEntry(
         "shadowcat_tape_operations_total", Kind.COUNTER, "Tape operations by type", ("operation",)
     ),
-    CatalogEntry("shadowcat_uptime_seconds", Kind.GAUGE, "Process uptime in seconds"),
+    CatalogEntry(
+        "shadowcat_uptime_seconds", Kind.GAUGE, "Process uptime in seconds", multiprocess_mode="max"
+    ),
     CatalogEntry("shadowcat_threads", Kind.GAUGE, "Number of OS threads in the process"),
     CatalogEntry("shadowcat_open_fds", Kind.GAUGE, "Number of open file descriptors"),
 )

@@ -34,7 +34,9 @@ def declare(facade: Metrics, entry: CatalogEntry) -> MetricHandle[Any]:
     if entry.kind is Kind.COUNTER:
         return facade.counter(entry.name, entry.help, labels)
     if entry.kind is Kind.GAUGE:
-        return facade.gauge(entry.name, entry.help, labels)
+        return facade.gauge(
+            entry.name, entry.help, labels, multiprocess_mode=entry.multiprocess_mode
+        )
     if entry.kind is Kind.TIMER:
         return facade.timer(entry.name, entry.help, labels, buckets)
     return facade.histogram(entry.name, entry.help, labels, buckets)
