@@ -3,8 +3,8 @@
 A child's record functions are pointed straight at its cell (``cell.inc``...), so recording
 is one call whatever the number of backends: fan-out happens when backends read the store.
 While no backend is configured they point at a no-op. The binder also keeps the cardinality
-budget: past ``cardinality_limit`` series, new label sets fold into one overflow series per
-metric.
+budget: past ``cardinality_limit`` series (over all worker processes, in the Prometheus backend's
+multi-process mode), new label sets fold into one overflow series per metric.
 """
 
 from __future__ import annotations
@@ -141,7 +141,7 @@ class SeriesBinder:
             with self.lock:
                 child = handle.series.get(normalized)
                 if child is None:
-                    if not handle.spec.internal and self._series_count >= self.limit:
+                    if not handle.spec.internal and not self._admits(handle, normalized):
                         return self._overflow_child(handle)
                     child = handle.child_type(handle, normalized)
                     self._wire(handle, child)
@@ -152,6 +152,12 @@ class SeriesBinder:
             # Only str keys in the cache: 1, True and 1.0 are equal keys but three series.
             handle._children[values] = child
         return child
+
+    def _admits(self, handle: MetricHandle[Any], label_values: tuple[str, ...]) -> bool:
+        """Whether a new series fits: counted over every worker process when they share a
+        multi-process directory, else in this facade."""
+        shared = self.store.admits_across_processes(handle.spec, label_values, self.limit)
+        return self._series_count < self.limit if shared is None else shared
 
     def _overflow_child(self, handle: MetricHandle[Any]) -> Any:
         """The one series per metric that new label sets fold into past the limit. Never cached

@@ -15,6 +15,7 @@ from typing import Generic, TypeVar, cast
 
 import attrs
 
+from metricsfacade import forking
 from metricsfacade.spec import Kind
 from metricsfacade.store import HistogramReading
 
@@ -211,6 +212,10 @@ class ExpositionWriter:
         self._histograms: dict[_FamilyKey, _CachedFamily[_HistogramSeries]] = {}
         self._le_texts: dict[tuple[float, ...], tuple[str, ...]] = {}
         self._cached = 0
+        forking.LOCKS.add(self)
+
+    def _after_fork_in_child(self) -> None:
+        self._lock = threading.Lock()  # a parent thread may have been rendering
 
     @property
     def cached_entries(self) -> int:

@@ -19,6 +19,7 @@ import random
 import threading
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Protocol
 
 import attrs
 
@@ -29,7 +30,11 @@ _INF = math.inf
 
 
 class CounterCell:
-    __slots__ = ("_lock", "pending", "value")
+    __slots__ = ("_at", "_lock", "_page", "pending", "value")
+
+    #: a shared cell's multi-process file, as doubles, and the index of its first value
+    _page: memoryview[float]
+    _at: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -59,9 +64,16 @@ class CounterCell:
         self._lock = threading.Lock()
         self.pending = 0.0
 
+    def clear(self) -> None:
+        self.value = 0.0
+
 
 class GaugeCell:
-    __slots__ = ("_lock", "dirty", "value")
+    __slots__ = ("_at", "_lock", "_page", "dirty", "value")
+
+    #: a shared cell's multi-process file, as doubles, and the index of its first value
+    _page: memoryview[float]
+    _at: int
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -98,6 +110,9 @@ class GaugeCell:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self.dirty = False
+
+    def clear(self) -> None:
+        self.value = 0.0
 
 
 @attrs.frozen
@@ -144,10 +159,12 @@ class NegativeObservation(ValueError):
 
 class HistogramCell:
     __slots__ = (
+        "_at",
         "_floor",
         "_limit",
         "_lock",
         "_next_replaced",
+        "_page",
         "_samples",
         "_seen",
         "_weight",
@@ -156,6 +173,10 @@ class HistogramCell:
         "sum",
         "values",
     )
+
+    #: a shared cell's multi-process file, as doubles, and the index of its first value
+    _page: memoryview[float]
+    _at: int
 
     def __init__(self, bounds: tuple[float, ...], keep_values: bool, sample_limit: int) -> None:
         self._lock = threading.Lock()
@@ -192,16 +213,20 @@ class HistogramCell:
             self.counts[index] += 1
             self.sum += value
             if self._limit:
-                self._seen += 1
-                if self._seen <= self._limit:
-                    self._samples.append(value)
-                    if self._seen == self._limit:
-                        self._skip()
-                elif self._seen == self._next_replaced:
-                    self._samples[random.randrange(self._limit)] = value
-                    self._skip()
+                self._sample(value)
             if self.values is not None:
                 self.values.append(observed)  # as recorded: assertions show 3, not 3.0
+
+    def _sample(self, value: float) -> None:
+        """Keep ``value`` in the reservoir of the push flush (the lock is held)."""
+        self._seen += 1
+        if self._seen <= self._limit:
+            self._samples.append(value)
+            if self._seen == self._limit:
+                self._skip()
+        elif self._seen == self._next_replaced:
+            self._samples[random.randrange(self._limit)] = value
+            self._skip()
 
     def read(self) -> HistogramReading:
         with self._lock:
@@ -232,13 +257,38 @@ class HistogramCell:
         self._lock = threading.Lock()
         self._start_reservoir()
 
+    def clear(self) -> None:
+        self.counts = [0] * len(self.counts)
+        self.sum = 0.0
+        if self.values is not None:
+            self.values = []
+
+
+Cell = CounterCell | GaugeCell | HistogramCell
+
+
+class Pages(Protocol):
+    """Where a shared store writes its values as well: this process's file in a
+    multi-process directory (``metricsfacade.multiprocess``)."""
+
+    def share(self, cell: Cell, spec: MetricSpec, label_values: tuple[str, ...]) -> None:
+        """Write the cell's values to its series' place, and there on every record."""
+
+    def unshare(self, cell: Cell) -> None:
+        """Record into the cell only, from now on."""
+
+    def for_this_process(self) -> Pages:
+        """The pages of this process (a forked child writes a file of its own)."""
+
+    def admits(self, spec: MetricSpec, label_values: tuple[str, ...], limit: int) -> bool:
+        """Whether a new series fits in the cardinality budget shared by every process."""
+
 
 def _unit_random() -> float:
     """A random number in (0, 1): never 0, whose log is -inf."""
     return random.random() or 1e-300
 
 
-Cell = CounterCell | GaugeCell | HistogramCell
 #: one series that changed: its metric (buckets resolved), its label values, and the change
 Change = tuple[MetricSpec, tuple[str, ...], float]
 
@@ -273,6 +323,9 @@ class SeriesStore:
         self._metrics: dict[str, StoredMetric] = {}
         self._keep_values = False
         self._sample_limit = 0
+        #: a multi-process file every value is written to as well, and who asked for it
+        self._pages: Pages | None = None
+        self._pages_owner: object = None
         forking.LOCKS.add(self)
 
     def configure(self, *, keep_values: bool, sample_limit: int) -> None:
@@ -283,6 +336,34 @@ class SeriesStore:
         for cell in cells:
             if isinstance(cell, HistogramCell):
                 cell.configure(keep_values, sample_limit)
+
+    def share(self, pages: Pages, owner: object) -> None:
+        """Write every series' values to ``pages`` too, as they are recorded: the
+        Prometheus backend's multi-process mode, where other processes read them."""
+        with self._lock:
+            self._pages, self._pages_owner = pages, owner
+            for stored in self._metrics.values():
+                for label_values, cell in stored.series.items():
+                    pages.share(cell, stored.spec, label_values)
+
+    def admits_across_processes(
+        self, spec: MetricSpec, label_values: tuple[str, ...], limit: int
+    ) -> bool | None:
+        """Whether a new series fits in the budget all processes share, or None when the
+        store is not shared (each process keeps its own count)."""
+        pages = self._pages
+        return None if pages is None else pages.admits(spec, label_values, limit)
+
+    def unshare(self, owner: object) -> None:
+        """Stop writing to the pages ``owner`` shared (unless another owner took over)."""
+        with self._lock:
+            pages = self._pages
+            if pages is None or self._pages_owner is not owner:
+                return
+            self._pages, self._pages_owner = None, None
+            for stored in self._metrics.values():
+                for cell in stored.series.values():
+                    pages.unshare(cell)
 
     def declare(self, spec: MetricSpec) -> None:
         """Add a metric, or update its spec. Histogram series whose buckets change start
@@ -303,6 +384,8 @@ class SeriesStore:
             cell = stored.series.get(label_values)
             if cell is None:
                 cell = self._new_cell(stored.spec)
+                if self._pages is not None:
+                    self._pages.share(cell, stored.spec, label_values)
                 stored.series[label_values] = cell
             return cell
 
@@ -358,7 +441,14 @@ class SeriesStore:
                 cell.take_samples()
 
     def _after_fork_in_child(self) -> None:
+        """New locks. A shared store starts a file of its own from zero: what the parent
+        recorded stays in the parent's file, and counting it here would count it twice."""
         self._lock = threading.Lock()
+        pages = self._pages.for_this_process() if self._pages is not None else None
+        self._pages = pages
         for stored in self._metrics.values():
-            for cell in stored.series.values():
+            for label_values, cell in stored.series.items():
                 cell._after_fork()
+                if pages is not None:
+                    cell.clear()
+                    pages.share(cell, stored.spec, label_values)

@@ -75,6 +75,13 @@ class Backend(abc.ABC):
         if cls.needs is not None:
             cls.library(cls.needs[0])
 
+    @classmethod
+    def refreshed_by_scrapes(cls, settings: Any) -> bool:
+        """Whether the facade's collect hooks, run before each scrape of this process,
+        keep fresh every value this backend reads. When not, collectors (the system
+        collector) refresh their values on a thread of their own."""
+        return True
+
     @abc.abstractmethod
     def describe(self) -> str:
         """Where the metrics go, for people: ``udp://127.0.0.1:8125``, ``in-process``."""
@@ -112,6 +119,10 @@ class PushBackend(Backend):
     flush_interval: float
     #: sends are UDP datagrams: an absent agent's refusal is only heard by the next send
     over_udp: bool = False
+
+    @classmethod
+    def refreshed_by_scrapes(cls, settings: Any) -> bool:
+        return False  # nothing scrapes it: values are read at each flush
 
     @abc.abstractmethod
     def send(self, changes: Changes) -> None:

@@ -3,7 +3,9 @@
 Values are real measurements from psutil: CPU percent is the process's CPU time over the
 time since the previous collection (never a stub 0). Collection runs just before every
 Prometheus scrape, so pulled values are never stale, and every ``collection_interval_secs``
-on a thread of its own when a push backend is configured. It never touches the event loop:
+on a thread of its own when a push backend is configured, or Prometheus with a
+``multiprocess_dir`` (a scrape in another worker does not run this process's collection;
+the catalog says how each gauge merges over workers). It never touches the event loop:
 asyncio tasks are counted from the collector's thread.
 """
 
@@ -17,12 +19,11 @@ import time
 from collections.abc import Callable
 
 from metricsfacade import get_metrics
-from metricsfacade.backends.base import PushBackend
+from metricsfacade.backends import needs_background_collection
 from metricsfacade.config import MetricsConfig
 from metricsfacade.errors import MissingExtraError
 from metricsfacade.facade import Metrics
 from metricsfacade.handles import Gauge
-from metricsfacade.plugins import backend_class
 from metricsfacade.shadowcat.catalog import CATALOG
 from metricsfacade.shadowcat.metrics import declare, typed_handle
 
@@ -106,8 +107,8 @@ class SystemCollector:
 
     def start(self, config: MetricsConfig) -> None:
         self.stop()
-        if not any(issubclass(backend_class(ref), PushBackend) for ref in config.backends):
-            return  # nothing pushes: collected at scrape time only
+        if not needs_background_collection(config):
+            return  # collected at scrape time only
         self._stop.clear()
         self._thread = threading.Thread(
             target=self._run,
