@@ -160,7 +160,7 @@ class PrometheusBackend(Backend):
         self.close()  # a store swapped in replaces the previous one
         super().attach(store)
         if self.multiprocess_dir is not None:
-            store.share(worker_file(self.multiprocess_dir), self)
+            store.share(worker_file(self.multiprocess_dir, store), self)
             self._shared = store
         if self.registry is not None:
             self._collector = StoreCollector(

@@ -31,6 +31,7 @@ import secrets
 import struct
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -164,8 +165,9 @@ class WorkerFile:
     pages of the file).
     """
 
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, store: object) -> None:
         self.directory = directory
+        self._store = weakref.ref(store)  # weak: _files keys on the store
         self.pid = os.getpid()
         self._lock = threading.Lock()
         self._metrics: dict[Layout, int] = {}
@@ -237,7 +239,10 @@ class WorkerFile:
         return page
 
     def for_this_process(self) -> WorkerFile:
-        return worker_file(self.directory)
+        """Called by the store in a forked child: it is alive."""
+        store = self._store()
+        assert store is not None
+        return worker_file(self.directory, store)
 
     def admits(self, spec: MetricSpec, label_values: tuple[str, ...], limit: int) -> bool:
         """Whether a new series fits in the cardinality budget of every process together."""
@@ -287,21 +292,25 @@ class SharedBudget:
             os.close(fd)
 
 
-_files: dict[str, WorkerFile] = {}
+#: each store's file per directory: two facades of one process write files of their own
+#: (their series may share names, metricsfacade's own metrics always do)
+_files: weakref.WeakKeyDictionary[object, dict[str, WorkerFile]] = weakref.WeakKeyDictionary()
 _files_lock = [threading.Lock()]  # made anew in a forked child
 
 
-def worker_file(directory: str) -> WorkerFile:
-    """This process's file in ``directory``, made on first use. A forked child gets its own:
-    the parent's file holds the parent's values and lock."""
+def worker_file(directory: str, store: object) -> WorkerFile:
+    """The file ``store`` writes in ``directory`` from this process, made on first use, so
+    re-configuring keeps writing where the values already are. A forked child gets a file
+    of its own: the parent's holds the parent's values and lock."""
     directory = os.path.realpath(directory)
     with _files_lock[0]:
-        current = _files.get(directory)
+        files = _files.setdefault(store, {})
+        current = files.get(directory)
         if current is not None and current.pid != os.getpid():
             current.abandon()
             current = None
         if current is None:
-            current = _files[directory] = WorkerFile(directory)
+            current = files[directory] = WorkerFile(directory, store)
         return current
 
 

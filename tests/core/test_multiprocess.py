@@ -18,10 +18,11 @@ import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from support import require_module, samples, scrape
+from support import eventually, require_module, samples, scrape
 
 import metricsfacade as mf
 from metricsfacade.errors import ConfigError, DeclarationError
+from metricsfacade.shadowcat import SystemCollector
 
 require_module("prometheus_client")
 
@@ -397,3 +398,31 @@ class Sequences(RuleBasedStateMachine):
 
 TestSequences = Sequences.TestCase
 TestSequences.settings = settings(max_examples=25, stateful_step_count=15, deadline=None)
+
+
+def test_two_facades_of_one_process_write_files_of_their_own(directory: Path) -> None:
+    """Their series share names (metricsfacade's own metrics always do): one file would
+    make each overwrite the other's values."""
+    with mf.Metrics(config_for(directory)) as first, mf.Metrics(config_for(directory)) as second:
+        first.counter("requests_total", "Requests").inc(2)
+        second.counter("requests_total", "Requests").inc(3)
+        assert value(scrape(first), "requests_total") == 5
+        assert len([name for name in worker_files(directory) if name.endswith(".mfw")]) == 2
+
+
+def test_the_system_collector_refreshes_each_worker_on_a_thread(directory: Path) -> None:
+    """A scrape served by another process does not run this one's collection: in
+    multi-process mode the collector runs on a thread of its own, as for push backends."""
+    psutil = require_module("psutil")
+    config = config_for(directory, collection_interval_secs=0.05)
+    with mf.Metrics(config) as worker, mf.Metrics(config) as scraper:
+        collector = SystemCollector(worker)
+        assert "metricsfacade-system-collector" in {t.name for t in threading.enumerate()}
+        rss = psutil.Process().memory_info().rss
+
+        def memory() -> float:
+            return value(scrape(scraper), "shadowcat_memory_usage_bytes")
+
+        eventually(lambda: 0.5 * rss < memory() < 2 * rss)
+        assert value(scrape(scraper), "shadowcat_uptime_seconds") > 0
+        collector.stop()
