@@ -326,11 +326,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-@attrs.define
-class SeriesRef:
-    metric: int  # the metric's number in its file
-    label_values: tuple[str, ...]
-    index: int  # where its values start, in doubles from the start of the file
+#: a series as parsed: its label values, and where its values start in the file (in doubles)
+SeriesRef = tuple[tuple[str, ...], int]
 
 
 @attrs.define
@@ -342,13 +339,15 @@ class ParsedFile:
     started: float = 0.0
     parsed_to: int = HEADER_SIZE
     layouts: list[Layout] = attrs.Factory(list)
-    series: list[SeriesRef] = attrs.Factory(list)
+    #: the series of each metric, by the metric's number
+    series: list[list[SeriesRef]] = attrs.Factory(list)
     absorbed: frozenset[str] = frozenset()
 
-    def parse(self, data: bytes, used: int) -> None:
+    def parse(self, data: bytes, used: int, labels_of: dict[bytes, tuple[str, ...]]) -> None:
         """Read the entries between what was parsed and ``used``. A malformed entry (a
         file of another version, or torn on a machine without ordered stores) stops
-        parsing there until a later read."""
+        parsing there until a later read. ``labels_of`` caches decoded label values:
+        every worker's file holds the same ones."""
         at = self.parsed_to
         while at + ENTRY.size <= used:
             length, entry_type = ENTRY.unpack_from(data, at)
@@ -356,25 +355,28 @@ class ParsedFile:
                 return
             body = data[at + ENTRY.size : at + length]
             try:
-                self._take(entry_type, body, at + ENTRY.size)
+                self._take(entry_type, body, at + length, labels_of)
             except (ValueError, TypeError, IndexError, struct.error):
                 return
             at += length
             self.parsed_to = at
 
-    def _take(self, entry_type: int, body: bytes, body_at: int) -> None:
+    def _take(
+        self, entry_type: int, body: bytes, end: int, labels_of: dict[bytes, tuple[str, ...]]
+    ) -> None:
         if entry_type == METRIC:
             name, kind, help, labels, bounds, mode = json.loads(body.rstrip(b"\0"))
             self.layouts.append(
                 Layout(name, kind, help, tuple(labels), tuple(map(float, bounds)), mode)
             )
+            self.series.append([])
         elif entry_type == SERIES:
             number, label_length = SERIES_HEAD.unpack_from(body)
-            start = SERIES_HEAD.size
-            labels = tuple(json.loads(body[start : start + label_length]))
-            width = self.layouts[number].width
-            index = (body_at + len(body)) // 8 - width
-            self.series.append(SeriesRef(number, labels, index))
+            text = body[SERIES_HEAD.size : SERIES_HEAD.size + label_length]
+            labels = labels_of.get(text)
+            if labels is None:
+                labels = labels_of[text] = tuple(json.loads(text))
+            self.series[number].append((labels, end // 8 - self.layouts[number].width))
         elif entry_type == ABSORBED:
             self.absorbed = frozenset(json.loads(body.rstrip(b"\0")))
 
@@ -389,7 +391,12 @@ class Snapshot:
     dead: bool
 
 
-def read_file(directory: str, name: str, known: ParsedFile | None) -> Snapshot | None:
+def read_file(
+    directory: str,
+    name: str,
+    known: ParsedFile | None,
+    labels_of: dict[bytes, tuple[str, ...]],
+) -> Snapshot | None:
     """Read a file (None if it is gone or not ours), reusing what was parsed before."""
     try:
         fd = os.open(os.path.join(directory, name), os.O_RDONLY)
@@ -414,5 +421,5 @@ def read_file(directory: str, name: str, known: ParsedFile | None) -> Snapshot |
     parsed = known if known is not None and known.identity == identity else None
     if parsed is None:
         parsed = ParsedFile(identity, pid, started)
-    parsed.parse(data, used)
+    parsed.parse(data, used, labels_of)
     return Snapshot(name, parsed, memoryview(data[:used]).cast("d"), dead)

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from collections.abc import Iterable
+from typing import Any
 
 from metricsfacade import forking
 from metricsfacade.exposition import Family
@@ -30,6 +31,7 @@ from metricsfacade.multiprocess.files import (
     WORKER_SUFFIX,
     Layout,
     ParsedFile,
+    SeriesRef,
     Snapshot,
     absorbed_entry,
     directory_lock,
@@ -41,64 +43,74 @@ from metricsfacade.store import HistogramReading
 
 logger = logging.getLogger("metricsfacade")
 
-Values = list[float]
-
 
 class Merged:
-    """One metric's series, summed (or merged by the gauge mode) over the files read."""
+    """One metric's series, added up (or merged by the gauge mode) over the files read.
+
+    A series is a float (counters, gauges) or a list (a histogram: sum, then each bucket's
+    count; a ``latest`` gauge: value, time written), and each kind is merged by a loop of
+    its own: a scrape does this once per series and file.
+    """
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self.series: dict[tuple[str, ...], Values] = {}
+        self.series: dict[tuple[str, ...], Any] = {}
 
-    def add(self, labels: tuple[str, ...], values: Values, worker: int) -> None:
-        layout = self.layout
-        if layout.kind == "gauge":
-            self._merge_gauge(labels, values, worker)
-            return
-        total = self.series.get(labels)
-        if total is None:
-            self.series[labels] = values
-        elif len(values) == 1:
-            total[0] += values[0]
+    def add(self, refs: list[SeriesRef], values: Any, worker: int) -> None:
+        """Merge one file's series of this metric; ``values`` is the file as doubles."""
+        layout, series = self.layout, self.series
+        kind, mode = layout.kind, layout.mode
+        if kind == "counter" or (kind == "gauge" and mode == "sum"):
+            for labels, index in refs:
+                series[labels] = series.get(labels, 0.0) + values[index]
+        elif kind == "histogram":
+            width = layout.width
+            for labels, index in refs:
+                new = values[index : index + width].tolist()
+                total = series.get(labels)
+                if total is None:
+                    series[labels] = new
+                else:
+                    series[labels] = [a + b for a, b in zip(total, new, strict=True)]
+        elif mode == "worker":
+            pid = str(worker)
+            for labels, index in refs:
+                series[(*labels, pid)] = values[index]
+        elif mode == "latest":
+            for labels, index in refs:
+                seen = series.get(labels)
+                if seen is None or values[index + 1] > seen[1]:
+                    series[labels] = (values[index], values[index + 1])
         else:
-            for i, value in enumerate(values):
-                total[i] += value
-
-    def _merge_gauge(self, labels: tuple[str, ...], values: Values, worker: int) -> None:
-        mode = self.layout.mode
-        if mode == "worker":
-            self.series[(*labels, str(worker))] = values
-            return
-        seen = self.series.get(labels)
-        if seen is None:
-            self.series[labels] = values
-        elif mode == "sum":
-            seen[0] += values[0]
-        elif mode == "max":
-            seen[0] = max(seen[0], values[0])
-        elif mode == "min":
-            seen[0] = min(seen[0], values[0])
-        elif values[1] > seen[1]:  # latest: the value written last
-            self.series[labels] = values
+            pick = max if mode == "max" else min
+            for labels, index in refs:
+                seen = series.get(labels)
+                series[labels] = values[index] if seen is None else pick(seen, values[index])
 
     def family(self) -> Family:
         layout = self.layout
         label_names = layout.label_names
-        if layout.kind == "gauge" and layout.mode == "worker":
-            label_names = (*label_names, "worker")
+        series: list[tuple[tuple[str, ...], float | HistogramReading]]
         if layout.kind == "histogram":
-            series: list[tuple[tuple[str, ...], float | HistogramReading]] = [
-                (labels, _histogram(layout.bounds, values))
+            bounds = layout.bounds
+            series = [
+                (labels, HistogramReading(bounds, tuple(map(int, values[1:])), values[0]))
                 for labels, values in self.series.items()
             ]
+        elif layout.mode == "latest":
+            series = [(labels, pair[0]) for labels, pair in self.series.items()]
         else:
-            series = [(labels, values[0]) for labels, values in self.series.items()]
+            series = list(self.series.items())
+            if layout.kind == "gauge" and layout.mode == "worker":
+                label_names = (*label_names, "worker")
         return Family(layout.name, layout.render_kind, layout.help, label_names, series)
 
-
-def _histogram(bounds: tuple[float, ...], values: Values) -> HistogramReading:
-    return HistogramReading(bounds, tuple(int(count) for count in values[1:]), values[0])
+    def entries(self) -> list[tuple[tuple[str, ...], list[float]]]:
+        """The series as values to write in an archive (counters and histograms)."""
+        return [
+            (labels, values if isinstance(values, list) else [values])
+            for labels, values in self.series.items()
+        ]
 
 
 class DirectoryMerger:
@@ -109,6 +121,8 @@ class DirectoryMerger:
         #: one scrape at a time in this process: they share what was parsed
         self._lock = threading.Lock()
         self._parsed: dict[str, ParsedFile] = {}
+        #: label values by their encoding: every worker's file repeats the same ones
+        self._labels_of: dict[bytes, tuple[str, ...]] = {}
         self._warned: set[str] = set()
         forking.LOCKS.add(self)
 
@@ -147,7 +161,7 @@ class DirectoryMerger:
         return snapshots
 
     def _read(self, name: str) -> Snapshot | None:
-        snapshot = read_file(self.directory, name, self._parsed.get(name))
+        snapshot = read_file(self.directory, name, self._parsed.get(name), self._labels_of)
         if snapshot is None:
             self._parsed.pop(name, None)
         else:
@@ -156,29 +170,24 @@ class DirectoryMerger:
 
     def _merge(self, snapshots: Iterable[Snapshot], *, live_gauges: bool) -> dict[str, Merged]:
         """Add up the files' series by metric name. A metric whose layout differs between
-        files (buckets changed between deploys) keeps the first layout met; the other
-        series are left out, with a warning once."""
+        files (buckets changed between deploys) keeps the first layout met (the newest
+        live worker's); the other series are left out, with a warning once."""
         merged: dict[str, Merged] = {}
         for snapshot in snapshots:
             parsed, values = snapshot.parsed, snapshot.values
-            targets: list[Merged | None] = []
-            for layout in parsed.layouts:
+            newest = {layout.name: number for number, layout in enumerate(parsed.layouts)}
+            for number, (layout, refs) in enumerate(zip(parsed.layouts, parsed.series, strict=True)):
+                if newest[layout.name] != number:
+                    continue  # re-declared in this process: its series start again
+                if layout.kind == "gauge" and (snapshot.dead or not live_gauges):
+                    continue
                 target = merged.get(layout.name)
                 if target is None:
                     target = merged[layout.name] = Merged(layout)
                 elif not target.layout.merges_with(layout):
                     self._warn_conflict(layout.name)
-                    target = None
-                if layout.kind == "gauge" and (snapshot.dead or not live_gauges):
-                    target = None
-                targets.append(target)
-            for ref in parsed.series:
-                target = targets[ref.metric]
-                if target is not None:
-                    width = target.layout.width
-                    target.add(
-                        ref.label_values, values[ref.index : ref.index + width].tolist(), parsed.pid
-                    )
+                    continue
+                target.add(refs, values, parsed.pid)
         return {name: metric for name, metric in merged.items() if metric.series}
 
     def _warn_conflict(self, name: str) -> None:
@@ -220,7 +229,7 @@ class DirectoryMerger:
         entries = [absorbed_entry(absorbed)]
         for number, metric in enumerate(merged.values()):
             entries.append(metric.layout.encode())
-            for labels, values in metric.series.items():
+            for labels, values in metric.entries():
                 entries.append(series_entry(number, labels, values))
         body = b"".join(entries)
         temp = os.path.join(self.directory, ARCHIVE_TEMP)
