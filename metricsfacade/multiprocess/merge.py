@@ -175,8 +175,9 @@ class DirectoryMerger:
         merged: dict[str, Merged] = {}
         for snapshot in snapshots:
             parsed, values = snapshot.parsed, snapshot.values
-            newest = {layout.name: number for number, layout in enumerate(parsed.layouts)}
-            for number, (layout, refs) in enumerate(zip(parsed.layouts, parsed.series, strict=True)):
+            layouts = parsed.layouts
+            newest = {layout.name: number for number, layout in enumerate(layouts)}
+            for number, (layout, refs) in enumerate(zip(layouts, parsed.series, strict=True)):
                 if newest[layout.name] != number:
                     continue  # re-declared in this process: its series start again
                 if layout.kind == "gauge" and (snapshot.dead or not live_gauges):
