@@ -263,6 +263,18 @@ def test_a_metric_whose_buckets_changed_serves_the_newest_declaration(
     assert "different labels, buckets or modes" in caplog.text
 
 
+def test_new_default_buckets_start_a_histogram_again_in_its_file(directory: Path) -> None:
+    with mf.Metrics(config_for(directory, histogram_buckets=[1.0, 2.0])) as metrics:
+        latency = metrics.histogram("latency_seconds", "Latency")
+        latency.observe(1.5)
+        metrics.configure(config_for(directory, histogram_buckets=[5.0]))
+        latency.observe(3)
+        text = scrape(metrics)
+    assert value(text, "latency_seconds_bucket", le="5.0") == 1
+    assert value(text, "latency_seconds_bucket", le="2.0") == 0  # the old layout is gone
+    assert value(text, "latency_seconds_count") == 1
+
+
 def test_eight_workers_record_while_another_process_scrapes(
     metrics: mf.Metrics, directory: Path
 ) -> None:
