@@ -205,10 +205,11 @@ class WorkerFile:
         store, which a reader never sees half done (``struct.pack_into`` would zero the
         bytes first, and a reader could see 0)."""
         layout = Layout.of(spec)
+        identity = attrs.evolve(layout, help="")  # a new help text is the same metric
         with self._lock:
-            number = self._metrics.get(layout)
+            number = self._metrics.get(identity)
             if number is None:
-                number = self._metrics[layout] = len(self._metrics)
+                number = self._metrics[identity] = len(self._metrics)
                 self._append(layout.encode())
             key = (number, label_values)
             slot = self._series.get(key)
