@@ -75,7 +75,8 @@ class Merged:
         elif mode == "worker":
             pid = str(worker)
             for labels, index in refs:
-                series[(*labels, pid)] = values[index]
+                with_worker = (*labels, pid)
+                series[with_worker] = values[index]
         elif mode == "latest":
             for labels, index in refs:
                 seen = series.get(labels)
