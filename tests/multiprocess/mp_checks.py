@@ -177,3 +177,43 @@ class Expected:
             for key in wanted
             if found[key] != wanted[key]
         ]
+
+
+def run_load_with_kills(service: Service, total: int, kills: int) -> tuple[list[int], list[int]]:
+    """Send ``total`` ``/work?v=i%4`` requests from two threads; at every ``1/(kills+1)`` of
+    them, pause (no request in flight) and SIGKILL the live worker that answered last. Returns
+    the ``v`` of every request that got a 200, and the pids killed. Every answer is a 200 or
+    no answer at all (a connection closed by a recycling or killed worker)."""
+    load = servers.Load(lambda i: f"{service.url}/work?v={i % 4}", total).start()
+    victims: list[int] = []
+    for k in range(1, kills + 1):
+        load.wait_done(total * k // (kills + 1), timeout=120)
+        answered = load.pause()
+        victims.append(kill_last_server(service, answered))
+        load.resume()
+    responses = load.join(timeout=180)
+    statuses = {r.status for r in responses}
+    assert statuses <= {0, 200}, f"unexpected statuses {statuses}"
+    failed = [r.error for r in responses if r.status != 200]
+    # Connections a worker closes as it recycles are the only expected failures.
+    assert len(failed) <= total // 10, f"{len(failed)} requests failed: {failed[:10]}"
+    ok = sorted((r for r in responses if r.status == 200), key=lambda r: r.index)
+    pids = {int(r.body) for r in ok}
+    assert not pids & {service.server.master}, "the master answered a request"
+    # Recycling happened: many more workers served than run at once.
+    assert len(pids) >= service.setup.workers + 4, f"only workers {sorted(pids)} served"
+    return [r.index % 4 for r in ok], victims
+
+
+def kill_last_server(service: Service, answered: list[servers.Response]) -> int:
+    """SIGKILL the live worker that answered a ``/work`` request last (any worker when none
+    of those is alive); returns its pid."""
+    for _ in range(5):
+        workers = service.server.workers()
+        last = [int(r.body) for r in sorted(answered, key=lambda r: r.finished) if r.status == 200]
+        served = [pid for pid in reversed(last) if pid in workers]
+        victim = served[0] if served else min(workers)
+        # It may have exited meanwhile (recycled after a scrape): then pick again.
+        if servers.kill_and_wait(victim):
+            return victim
+    raise AssertionError(f"no worker to kill among {service.server.workers()}")

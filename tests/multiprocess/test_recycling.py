@@ -53,7 +53,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from mp_checks import Expected, Service, Snapshot
+from mp_checks import Expected, Service, Snapshot, run_load_with_kills
 from support import eventually, require_module, servers
 
 require_module("gunicorn")
@@ -111,37 +111,6 @@ SETUPS = {
         ),
     ]
 }
-
-
-def run_load_with_kills(service: Service, total: int, kills: int) -> tuple[list[int], list[int]]:
-    """Send ``total`` ``/work?v=i%4`` requests from two threads; at every ``1/(kills+1)`` of
-    them, pause (no request in flight) and SIGKILL the live worker that answered last. Returns
-    the ``v`` of every request that got a 200, and the pids killed. Every answer is a 200 or
-    no answer at all (a connection closed by a recycling or killed worker)."""
-    load = servers.Load(lambda i: f"{service.url}/work?v={i % 4}", total).start()
-    victims: list[int] = []
-    for k in range(1, kills + 1):
-        load.wait_done(total * k // (kills + 1), timeout=120)
-        answered = load.pause()
-        workers = service.server.workers()
-        last = [int(r.body) for r in sorted(answered, key=lambda r: r.finished) if r.status == 200]
-        served = [pid for pid in reversed(last) if pid in workers]
-        victim = served[0] if served else min(workers)
-        servers.kill_and_wait(victim)
-        victims.append(victim)
-        load.resume()
-    responses = load.join(timeout=180)
-    statuses = {r.status for r in responses}
-    assert statuses <= {0, 200}, f"unexpected statuses {statuses}"
-    failed = [r.error for r in responses if r.status != 200]
-    # Connections a worker closes as it recycles are the only expected failures.
-    assert len(failed) <= total // 10, f"{len(failed)} requests failed: {failed[:10]}"
-    ok = sorted((r for r in responses if r.status == 200), key=lambda r: r.index)
-    pids = {int(r.body) for r in ok}
-    assert not pids & {service.server.master}, "the master answered a request"
-    # Recycling happened: many more workers served than run at once.
-    assert len(pids) >= service.setup.workers + 4, f"only workers {sorted(pids)} served"
-    return [r.index % 4 for r in ok], victims
 
 
 def check_scrapes(snapshots: list[Snapshot], errors: list[str]) -> None:

@@ -214,10 +214,15 @@ def start_server(
     return Server(process, port, log_path)
 
 
-def kill_and_wait(pid: int, timeout: float = 10.0) -> None:
-    """SIGKILL ``pid`` and wait until it is dead (a zombie counts: its files are closed)."""
-    os.kill(pid, signal.SIGKILL)
+def kill_and_wait(pid: int, timeout: float = 10.0) -> bool:
+    """SIGKILL ``pid`` and wait until it is dead (a zombie counts: its files are closed).
+    False when it was already gone."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
     eventually(lambda: not alive(pid), timeout, 0.01, message=f"pid {pid} survived SIGKILL")
+    return True
 
 
 # -- gunicorn and uvicorn --workers ------------------------------------------------------------

@@ -16,7 +16,8 @@ got a 200:
   observes ``N * 0.25`` (buckets 0.1, 0.3, 0.6, 1; sums of quarters are exact in floating
   point); answers the pid of the process that served it.
 - ``GET /bump``: ``mp_max`` set to 100, ``mp_min`` to 5; answers the pid.
-- ``GET /latest?v=N``: ``mp_latest`` set to N; answers the pid.
+- ``GET /latest?v=N``: ``mp_latest{slot="a"}`` set to N (labelled: no series before);
+  answers the pid.
 
 At import: a line with the pid appended to the file ``MP_IMPORTS_LOG`` names (when set),
 ``mp_imports_total`` +1, ``mp_live`` (``sum``) set to 1, ``mp_max`` (``max``) to
@@ -47,7 +48,7 @@ imports = m.counter("mp_imports_total", "Times this app module was imported")
 live = m.gauge("mp_live", "1 per process that imported the app", multiprocess_mode="sum")
 highest = m.gauge("mp_max", "1 at import, 100 after /bump", multiprocess_mode="max")
 lowest = m.gauge("mp_min", "50 at import, 5 after /bump", multiprocess_mode="min")
-latest = m.gauge("mp_latest", "The last /latest?v= value", multiprocess_mode="latest")
+latest = m.gauge("mp_latest", "The last /latest?v= value", ["slot"], multiprocess_mode="latest")
 worker_pid = m.gauge("mp_worker_pid", "The process's pid", multiprocess_mode="worker")
 
 if "MP_IMPORTS_LOG" in os.environ:  # one line per import, for the tests to count
@@ -71,7 +72,7 @@ def handle(path: str, query: str) -> tuple[int, bytes]:
         highest.set(100)
         lowest.set(5)
     elif path == "/latest":
-        latest.set(float(params["v"]))
+        latest.labels("a").set(float(params["v"]))
     elif path != "/pid":
         return 404, b"not found\n"
     return 200, str(os.getpid()).encode()
