@@ -5,6 +5,10 @@
   and returns a :class:`mp_checks.Service`; every server is stopped at teardown, with any
   worker its master left behind.
 
+- ``start_prometheus_fast`` (per test): a factory, ``start(targets)``: a real Prometheus
+  server scraping ``{job: url}`` every 0.5 s (``support.servers.start_prometheus``), ready,
+  stopped at teardown.
+
 ``config`` says how the app finds its multi-process directory (see ``apps/mp_common.py``):
 ``"dict"`` (the config dict), ``"env"`` (``METRICSFACADE_PROMETHEUS__MULTIPROCESS_DIR``: in
 gunicorn's ``raw_env``, or uvicorn's environment) or ``"single"`` (none: one process).
@@ -13,11 +17,11 @@ gunicorn's ``raw_env``, or uvicorn's environment) or ``"single"`` (none: one pro
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 
 import pytest
 from mp_checks import APPS, Service
-from support import clean_environ, servers
+from support import clean_environ, servers, sinks
 
 ENV_VARIABLE = "METRICSFACADE_PROMETHEUS__MULTIPROCESS_DIR"
 
@@ -49,6 +53,23 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
         server.wait_serving("/pid")
         server.wait_workers(setup.workers)
         return Service(setup, server, metrics_dir, imports_log, master_records=setup.preload)
+
+    yield start
+    for server in reversed(started):
+        server.stop()
+
+
+@pytest.fixture
+def start_prometheus_fast(
+    prometheus_bin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[Mapping[str, str]], sinks.PrometheusServer]]:
+    started: list[sinks.PrometheusServer] = []
+
+    def start(targets: Mapping[str, str]) -> sinks.PrometheusServer:
+        workdir = tmp_path_factory.mktemp("prometheus")
+        server = servers.start_prometheus(prometheus_bin, workdir, targets, "500ms")
+        started.append(server)
+        return server
 
     yield start
     for server in reversed(started):
