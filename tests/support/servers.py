@@ -11,6 +11,7 @@ pid is never signalled).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -186,7 +187,8 @@ class Server:
         for pid, start in sorted(self._seen):
             stat = proc_stat(pid)
             if stat is not None and stat.start_ticks == start and stat.state != "Z":
-                os.kill(pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def start_server(
