@@ -403,12 +403,12 @@ class Load:
 @dataclass
 class Sampler(Generic[T]):
     """Calls ``sample()`` every ``interval`` s on a thread until :meth:`stop`; keeps what it
-    returned, and the exceptions it raised (``repr``), in order."""
+    returned, and the exceptions it raised, in order."""
 
     sample: Callable[[], T]
     interval: float = 0.05
     samples: list[T] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
+    errors: list[Exception] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -422,7 +422,7 @@ class Sampler(Generic[T]):
             try:
                 self.samples.append(self.sample())
             except Exception as exc:  # kept for the test to judge
-                self.errors.append(repr(exc))
+                self.errors.append(exc)
             self._stop.wait(self.interval)
 
     def stop(self, timeout: float = 30.0) -> list[T]:
