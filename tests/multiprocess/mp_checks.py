@@ -54,11 +54,11 @@ class Snapshot:
             dict(labels)["v"]: value for labels, value in self.series("mp_requests_total").items()
         }
 
-    def buckets(self) -> dict[str, float]:
-        """``mp_value_bucket`` by ``le``."""
-        return {
-            dict(labels)["le"]: value for labels, value in self.series("mp_value_bucket").items()
-        }
+    def buckets(self) -> dict[float, float]:
+        """``mp_value_bucket`` by ``le`` (a number, ``inf`` for ``+Inf``: "1" and "1.0" are
+        one bound)."""
+        series = self.series("mp_value_bucket").items()
+        return {float(dict(labels)["le"]): value for labels, value in series}
 
     def histogram_problems(self) -> list[str]:
         """What is wrong with mp_value in this scrape: +Inf bucket != _count, buckets not
@@ -66,9 +66,9 @@ class Snapshot:
         problems = []
         buckets = self.buckets()
         count = self.value("mp_value_count") or 0.0
-        if buckets.get("+Inf", 0.0) != count:
-            problems.append(f"+Inf bucket {buckets.get('+Inf')} != _count {count}")
-        ordered = sorted(buckets.items(), key=lambda item: float(item[0]))
+        if buckets.get(math.inf, 0.0) != count:
+            problems.append(f"+Inf bucket {buckets.get(math.inf)} != _count {count}")
+        ordered = sorted(buckets.items())
         if [value for _, value in ordered] != sorted(value for _, value in ordered):
             problems.append(f"buckets not cumulative: {ordered}")
         return problems
@@ -144,14 +144,14 @@ class Expected:
     requests: dict[str, float]
     count: float
     sum: float
-    buckets: dict[str, float]
+    buckets: dict[float, float]
 
     @classmethod
     def of(cls, values: Iterable[int]) -> Expected:
         by_value = Counter(values)
         observed = [v * 0.25 for v in by_value.elements()]
-        buckets = {f"{bound}": float(sum(o <= bound for o in observed)) for bound in BUCKETS}
-        buckets["+Inf"] = float(len(observed))
+        buckets = {bound: float(sum(o <= bound for o in observed)) for bound in BUCKETS}
+        buckets[math.inf] = float(len(observed))
         return cls(
             {str(v): float(n) for v, n in sorted(by_value.items())},
             float(len(observed)),
