@@ -6,7 +6,7 @@
   worker its master left behind.
 
 - ``start_prometheus_fast`` (per test): a factory, ``start(targets)``: a real Prometheus
-  server scraping ``{job: url}`` every 0.5 s (``support.servers.start_prometheus``), ready,
+  server scraping ``{job: url}`` every 0.5 s (``support.sinks.start_prometheus``), ready,
   stopped at teardown.
 
 ``config`` says how the app finds its multi-process directory (see ``apps/mp_common.py``):
@@ -67,7 +67,7 @@ def start_prometheus_fast(
 
     def start(targets: Mapping[str, str]) -> sinks.PrometheusServer:
         workdir = tmp_path_factory.mktemp("prometheus")
-        server = servers.start_prometheus(prometheus_bin, workdir, targets, "500ms")
+        server = sinks.start_prometheus(prometheus_bin, workdir, targets, scrape_interval="500ms")
         started.append(server)
         return server
 

@@ -1,11 +1,11 @@
 """Real multi-process web servers for tests: a server (gunicorn, ``uvicorn --workers``) run on
 a socket the test already listens on, its process tree read from ``/proc``, HTTP load from
 threads that can be paused (so a worker is killed with no request in flight), a sampler that
-scrapes on a thread, and a Prometheus server scraping at a chosen interval.
+scrapes on a thread, and queries of a real Prometheus server (started by
+:func:`support.sinks.start_prometheus`).
 
 Standard library only. Every wait polls with :func:`support.eventually`; every process
-started here is stopped by :meth:`Server.stop` / ``PrometheusServer.stop`` (the fixtures
-call them), workers a dead master left behind included (by pid and start time, so a reused
+started here is stopped by :meth:`Server.stop` (the fixtures call it), workers a dead master left behind included (by pid and start time, so a reused
 pid is never signalled).
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
 import signal
 import socket
@@ -435,62 +434,6 @@ class Sampler(Generic[T]):
 
 
 # -- a Prometheus server with a chosen scrape interval -----------------------------------------
-
-
-def start_prometheus(
-    binary: str,
-    workdir: Path,
-    targets: Mapping[str, str],
-    scrape_interval: str = "500ms",
-    attempts: int = 3,
-) -> sinks.PrometheusServer:
-    """:func:`sinks.start_prometheus`, scraping every ``scrape_interval`` (a Prometheus
-    duration) instead of every second; ready once ``/-/ready`` answers 200. Retries on
-    another port when the one picked was taken meanwhile. Always ``stop()`` it."""
-    config = sinks.prometheus_config(targets)
-    config["global"] = {"scrape_interval": scrape_interval, "evaluation_interval": "1s"}
-    for job in config["scrape_configs"]:
-        job["scrape_timeout"] = scrape_interval
-    config_path = workdir / "prometheus.yml"
-    config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
-    for attempt in range(1, attempts + 1):
-        port = sinks.free_port()
-        url = f"http://127.0.0.1:{port}"
-        log_path = workdir / f"prometheus-{attempt}.log"
-        command = [
-            binary,
-            f"--config.file={config_path}",
-            f"--storage.tsdb.path={workdir / f'data-{attempt}'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-        ]
-        with log_path.open("wb") as log:
-            process = subprocess.Popen(
-                command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
-            )
-        server = sinks.PrometheusServer(process, url, log_path, config_path)
-
-        def ready(server: sinks.PrometheusServer = server) -> str:
-            if server.process.poll() is not None:
-                return "exited"
-            try:
-                return "ready" if http_get(f"{server.url}/-/ready", timeout=1.0)[0] == 200 else ""
-            except OSError:
-                return ""
-
-        try:
-            state = eventually(ready, sinks.READY_TIMEOUT_SECS, 0.05, fail=False)
-        except BaseException:
-            server.stop()
-            raise
-        if state == "ready":
-            return server
-        server.stop()
-        if "address already in use" not in server.log_tail() or attempt == attempts:
-            raise AssertionError(
-                f"prometheus did not become ready on {url}: {' '.join(command)}\n"
-                f"log:\n{server.log_tail()}"
-            )
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def query_value(server: sinks.PrometheusServer, promql: str) -> float | None:

@@ -85,11 +85,15 @@ def _scrape_job(job: str, target: str) -> dict[str, Any]:
     }
 
 
-def prometheus_config(targets: Mapping[str, str]) -> dict[str, Any]:
-    """A config scraping each ``{job_name: target}`` every second."""
+def prometheus_config(targets: Mapping[str, str], scrape_interval: str = "1s") -> dict[str, Any]:
+    """A config scraping each ``{job_name: target}`` every ``scrape_interval`` (a Prometheus
+    duration; each scrape times out after one interval)."""
+    jobs = [_scrape_job(job, target) for job, target in targets.items()]
+    for job in jobs:
+        job["scrape_timeout"] = scrape_interval
     return {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [_scrape_job(job, target) for job, target in targets.items()],
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": "1s"},
+        "scrape_configs": jobs,
     }
 
 
@@ -138,16 +142,21 @@ class PrometheusServer:
 
 
 def start_prometheus(
-    binary: str, workdir: Path, targets: Mapping[str, str], attempts: int = 3
+    binary: str,
+    workdir: Path,
+    targets: Mapping[str, str],
+    attempts: int = 3,
+    scrape_interval: str = "1s",
 ) -> PrometheusServer:
-    """Start Prometheus on a free loopback port scraping ``{job_name: target}`` every second,
-    and wait until ``/-/ready`` answers 200. Files (config, TSDB, log) go in ``workdir``.
+    """Start Prometheus on a free loopback port scraping ``{job_name: target}`` every
+    ``scrape_interval``, and wait until ``/-/ready`` answers 200. Files (config, TSDB, log)
+    go in ``workdir``.
 
     Retries on another port if the chosen one was taken in the meantime.
     """
     config_path = workdir / "prometheus.yml"
     # JSON is YAML: no YAML library needed.
-    config_path.write_text(json.dumps(prometheus_config(targets), indent=2))
+    config_path.write_text(json.dumps(prometheus_config(targets, scrape_interval), indent=2))
     for attempt in range(1, attempts + 1):
         port = free_port()
         url = f"http://127.0.0.1:{port}"
