@@ -64,38 +64,63 @@ def dropped(m: mf.Metrics, metric: str, reason: str) -> float:
 
 # -- fork ------------------------------------------------------------------------------------
 
+#: Calls each thread makes between two forks of the test below.
+STRIDE = 500
+
 
 def test_a_child_forked_while_threads_create_series_never_hangs(m):
     """Three parent threads keep creating series (taking the facade's and the store's locks,
     then, past the series limit, the overflow path's) while the process forks; in the child,
     creating a series and rendering must not wait for a lock held by a thread that does not
-    exist there. 100 trials, each bounded by an alarm."""
+    exist there. 100 trials, each bounded by an alarm.
+
+    The threads run flat out up to each fork and pause while its child runs: the child only
+    sees the locks as they were at the fork, and without the pause the three threads (and
+    their fight over the GIL) leave the child a fraction of a CPU on two cores, so that the
+    trials took 25 s on a quiet machine and over 140 s on a busy one. Before each fork every
+    thread has made ``STRIDE`` more calls, so the forks still land among running threads,
+    and the series limit is passed within the first few trials."""
     counter = m.counter("fork_requests_total", "h", labels=["n"])
     stop = threading.Event()
+    running = threading.Event()
+    calls = [0, 0, 0]
 
     def create_series(offset: int) -> None:
         n = 0
         while not stop.is_set():
+            if not running.is_set():
+                running.wait()
             counter.labels(f"{offset}-{n}").inc()  # past the series limit: the overflow path
             n += 1
+            calls[offset] = n
 
     threads = [threading.Thread(target=create_series, args=(i,)) for i in range(3)]
     for thread in threads:
         thread.start()
     try:
         for trial in range(100):
+            before = list(calls)
+            running.set()
+            while any(now - then < STRIDE for now, then in zip(calls, before, strict=True)):
+                time.sleep(0.001)
             pid = os.fork()
             if pid == 0:  # pragma: no cover - the child
                 signal.alarm(5)  # a hang ends the child with SIGALRM
                 counter.labels(f"child-{trial}").inc()
                 m.backend("prometheus").render(None)
                 os._exit(0)
+            running.clear()
             _, status = os.waitpid(pid, 0)
             assert os.waitstatus_to_exitcode(status) == 0, f"trial {trial}: child hung or failed"
     finally:
         stop.set()
+        running.set()
         for thread in threads:
             thread.join()
+    overflowed = m.backend("memory").value(
+        "metricsfacade_cardinality_overflow_total", {"metric": "fork_requests_total"}
+    )
+    assert overflowed > 0, "the threads never reached the overflow path"
 
 
 class UdpSink:
