@@ -5,8 +5,8 @@ scrapes on a thread, and queries of a real Prometheus server (started by
 :func:`support.sinks.start_prometheus`).
 
 Standard library only. Every wait polls with :func:`support.eventually`; every process
-started here is stopped by :meth:`Server.stop` (the fixtures call it), workers a dead master left behind included (by pid and start time, so a reused
-pid is never signalled).
+started here is stopped by :meth:`Server.stop` (the fixtures call it), workers a dead master
+left behind included (by pid and start time, so a reused pid is never signalled).
 """
 
 from __future__ import annotations
