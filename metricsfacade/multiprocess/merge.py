@@ -136,7 +136,10 @@ class DirectoryMerger:
                 snapshots = self._read_all()
             merged = self._merge(snapshots, live_gauges=True)
             if any(snapshot.dead for snapshot in snapshots):
-                self._compact()
+                try:
+                    self._compact()
+                except OSError:  # a full disk, say: this scrape is served all the same
+                    logger.exception("metricsfacade: compacting %s failed", self.directory)
             return [metric.family() for metric in merged.values()]
 
     def _read_all(self) -> list[Snapshot]:

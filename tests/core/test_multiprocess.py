@@ -135,6 +135,22 @@ def test_dead_workers_are_compacted_into_one_archive_and_totals_never_go_back(
     assert worker_files(directory)[-1] == "archive.mfa"
 
 
+def test_a_compaction_that_fails_leaves_the_scrape_served_and_is_tried_again(
+    metrics: mf.Metrics, directory: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    requests = metrics.counter("requests_total", "Requests")
+    (directory / "archive.tmp").mkdir()  # the new archive cannot be written
+    Child(lambda: requests.inc(3)).wait()
+    assert value(scrape(metrics), "requests_total") == 3
+    assert "compacting" in caplog.text
+    assert len(worker_files(directory)) == 2  # this process's and the dead worker's
+    (directory / "archive.tmp").rmdir()
+    assert value(scrape(metrics), "requests_total") == 3
+    assert value(scrape(metrics), "requests_total") == 3
+    assert worker_files(directory)[-1] == "archive.mfa"
+    assert len(worker_files(directory)) == 2  # this process's and the archive
+
+
 def test_a_worker_killed_with_sigkill_loses_nothing(metrics: mf.Metrics, directory: Path) -> None:
     requests = metrics.counter("requests_total", "Requests")
     latency = metrics.histogram("latency_seconds", "Latency", buckets=[1.0])
