@@ -93,7 +93,9 @@ class MetricsConfig:
     cardinality_limit: int = setting(10_000, parse.integer(1), parse.integer_text(1))
     #: backend names (entry points) or class paths such as "mypackage.sinks:MyBackend"
     backends: tuple[str, ...] = setting(("prometheus",), parse.string_list, parse.comma_list)
-    common_labels: dict[str, str] = setting(attrs.Factory(dict), parse.labels, parse.labels_text)  # noqa: RUF009
+    common_labels: dict[str, str] = setting(  # noqa: RUF009
+        attrs.Factory(dict), parse.common_labels, parse.common_labels_text
+    )
     strict: bool = setting(False, parse.boolean, parse.boolean_text)
     handle_sigterm: bool = setting(True, parse.boolean, parse.boolean_text)
     readiness_timeout_secs: float = setting(2.0, parse.positive_float, parse.positive_float_text)

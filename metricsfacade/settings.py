@@ -223,6 +223,18 @@ def labels_text(value: object) -> dict[str, str]:
     return labels(pairs_text(value, "name=value"))
 
 
+def common_labels(value: object) -> dict[str, str]:
+    """Labels on every series: never ``le``, which a histogram's buckets carry."""
+    parsed = labels(value)
+    if "le" in parsed:
+        raise InvalidSetting("'le' is reserved for histogram bucket bounds")
+    return parsed
+
+
+def common_labels_text(value: object) -> dict[str, str]:
+    return common_labels(pairs_text(value, "name=value"))
+
+
 def file_only(value: object) -> Any:
     """The env parser of settings that only a config file or dict can give."""
     raise InvalidSetting("cannot be set from the environment; use the config file")

@@ -153,3 +153,13 @@ def test_configure_rejects_a_bad_config_and_keeps_the_old_one():
             m.configure({"port": "x"}, environ={})
         assert m.config is not None
         assert m.config.backends == ("memory",)
+
+
+def test_a_common_label_named_le_is_refused() -> None:
+    """A histogram's buckets carry ``le``: a common one would clash with it on every bucket."""
+    with pytest.raises(mf.ConfigError, match="'le' is reserved for histogram bucket bounds"):
+        mf.Metrics({"port": None, "backends": ["memory"], "common_labels": {"le": "x"}})
+    with pytest.raises(mf.ConfigError, match="METRICSFACADE_COMMON_LABELS"):
+        mf.Metrics(
+            {"port": None, "backends": ["memory"]}, environ={"METRICSFACADE_COMMON_LABELS": "le=x"}
+        )
