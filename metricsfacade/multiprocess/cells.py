@@ -41,8 +41,7 @@ class SharedCounterCell(CounterCell):
 
 
 class SharedGaugeCell(GaugeCell):
-    """A gauge whose value and the time it was written (for ``multiprocess_mode="latest"``)
-    are also written to a multi-process file."""
+    """A gauge whose value is also written to a multi-process file."""
 
     __slots__ = ()
 
@@ -65,6 +64,16 @@ class SharedGaugeCell(GaugeCell):
     def publish(self) -> None:
         with self._lock:
             self._write(self.value)
+
+    def _write(self, value: float) -> None:
+        self._page[self._at] = value
+
+
+class SharedLatestGaugeCell(SharedGaugeCell):
+    """A ``multiprocess_mode="latest"`` gauge: the time of each write goes beside its
+    value, so a scrape serves the one written last. Other gauges skip the clock."""
+
+    __slots__ = ()
 
     def _write(self, value: float) -> None:
         page, at = self._page, self._at
@@ -108,12 +117,15 @@ _SHARED: dict[type[Cell], type[Cell]] = {
     HistogramCell: SharedHistogramCell,
 }
 _UNSHARED = {shared: plain for plain, shared in _SHARED.items()}
+_UNSHARED[SharedLatestGaugeCell] = GaugeCell
 
 
-def share(cell: Cell, page: memoryview[float], at: int) -> None:
-    """Write the cell's values at ``page[at:]``, and there on every record from now on."""
+def share(cell: Cell, page: memoryview[float], at: int, *, stamped: bool = False) -> None:
+    """Write the cell's values at ``page[at:]``, and there on every record from now on;
+    ``stamped``: a gauge also writes the time (``multiprocess_mode="latest"``)."""
     cell._page, cell._at = page, at
-    cell.__class__ = _SHARED.get(type(cell), type(cell))
+    plain = _UNSHARED.get(type(cell), type(cell))
+    cell.__class__ = SharedLatestGaugeCell if stamped else _SHARED.get(plain, plain)
     assert isinstance(cell, (SharedCounterCell, SharedGaugeCell, SharedHistogramCell))
     cell.publish()
 

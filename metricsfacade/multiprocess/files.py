@@ -192,7 +192,8 @@ class WorkerFile:
 
     def share(self, cell: Cell, spec: MetricSpec, label_values: tuple[str, ...]) -> None:
         """Point a cell at its series' values in this file (see ``cells``)."""
-        cells.share(cell, *self._slot(spec, label_values))
+        latest = spec.multiprocess_mode == "latest"
+        cells.share(cell, *self._slot(spec, label_values), stamped=latest)
 
     def unshare(self, cell: Cell) -> None:
         cells.unshare(cell)
